@@ -1,0 +1,67 @@
+"""`emmil` console script: a thin dispatcher.
+
+Each subcommand lives in its own module of this package with two functions:
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> int          # exit code
+Modules are imported only when their subcommand runs, so `emmil data info` never pays for
+importing Ray or MLflow. A user-facing error (emmil.errors.EmmilError) prints `error: <message>`
+and exits 2 without a traceback; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command words, module under harness.cli, one-line help)
+COMMANDS = [
+    (("data", "info"), "data_info", "load a dataset and print a summary and any problem found"),
+    (("data", "synth"), "data_synth", "write a semi-synthetic dataset in the W-TALC layout"),
+    (("eval",), "evaluate", "detection mAP of a predictions JSON against a ground-truth JSON"),
+    (("train",), "train", "train and evaluate one EM-MIL run"),
+    (("ablate",), "ablate", "run an experiment from ablations/ on Ray Tune, tracked in MLflow"),
+    (("sweep",), "sweep", "Optuna search through Ray Tune, then retrain the best config on test"),
+    (("report",), "report", "build a benchmark report from tracked runs"),
+]
+
+
+def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emmil", description="EM-MIL bench: train, sweep, evaluate, report.")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, module, help_text in COMMANDS:
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_text, description=help_text)
+        else:
+            if words[0] not in groups:
+                group = top.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = group.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+            sub = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
+        sub.set_defaults(_module=module)
+        # Only import the module whose arguments are needed (or all, for --help listings).
+        wanted = list(words) == argv[: len(words)]
+        if wanted:
+            importlib.import_module(f"harness.cli.{module}").add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from emmil.errors import EmmilError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = _build_parser(argv)
+        args = parser.parse_args(argv)
+        module = importlib.import_module(f"harness.cli.{args._module}")
+        return int(module.run(args) or 0)
+    except EmmilError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
