@@ -1,0 +1,191 @@
+"""Memory (issue 7, item 4): peak memory of 1, 2 (and 4) concurrent trials sharing one dataset.
+
+Memory is unique (USS) and proportional (PSS) set size from psutil's memory_full_info, summed over a
+process tree and sampled every 0.25 s; the peak is kept. RSS would count the object store's pages once per
+worker that maps them; the tree's summed PSS counts every page once, so a dataset shared through Ray's
+object store adds its size once, however many trials read it.
+
+Part A, the harness: `emmil ablate` of c trials (variant `full`, c seeds) at --max-concurrent c and
+cpus-per-trial 2/c, for c in --concurrency; figures over the whole `emmil ablate` process tree (driver,
+Ray's raylet/GCS/object store, workers) and over the Ray worker processes alone.
+
+Part B, shared vs private copies, the same trial code on plain Ray tasks (one process per task):
+  shared:  the driver puts the Dataset in the object store once; each task gets it zero-copy;
+  private: each task loads the dataset from disk itself (emmil.data.loading.load_dataset).
+Each task runs fit() for --epochs epochs. The figure to read: the growth per extra concurrent trial,
+(peak PSS(c) - peak PSS(1)) / (c - 1), next to the dataset's size: about 0 x dataset when shared,
+about 1 x dataset when private.
+
+Semi-synthetic THUMOS14 at --dim per stream. Prints one final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    PeakMemory,
+    ablate_command,
+    bench_env,
+    emit_result,
+    machine_description,
+    memory_dict,
+    mib,
+    out_dir,
+    run_command,
+    synthetic_data,
+    tree_memory,
+    write_experiment,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4],
+                   help="concurrent trials to measure (default 1 2 4; 4 only where memory allows)")
+    p.add_argument("--dim", type=int, default=256, help="feature width per stream (default 256)")
+    p.add_argument("--max-videos", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=1, help="train.epochs of each trial (default 1)")
+    p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--parts", default="AB", help="A = harness runs, B = shared vs private on Ray tasks")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default bench/out/memory)")
+    p.add_argument("--timeout", type=float, default=600)
+    return p.parse_args(argv)
+
+
+def dataset_bytes(data_dir: Path) -> int:
+    from emmil.data.loading import load_dataset
+
+    return int(load_dataset("thumos14", data_dir).features.nbytes)
+
+
+def growth_per_trial(peaks: dict[int, int]) -> float | None:
+    """(peak(c_max) - peak(c_min)) / (c_max - c_min): bytes each extra concurrent trial adds."""
+    cs = sorted(peaks)
+    if len(cs) < 2:
+        return None
+    return (peaks[cs[-1]] - peaks[cs[0]]) / (cs[-1] - cs[0])
+
+
+def affordable(c: int, per_trial_bytes: int) -> bool:
+    """Run c private-copy trials only if they fit in 70% of the available memory."""
+    return c * per_trial_bytes < 0.7 * psutil.virtual_memory().available
+
+
+def part_a(args, data_dir: Path, work: Path, concurrency: list[int]) -> dict:
+    experiment = write_experiment(work / "bench-memory.yaml", overrides={"train.epochs": args.epochs},
+                                  variants=["full"])
+    out = {}
+    for c in concurrency:
+        results = work / f"results-c{c}"
+        shutil.rmtree(results, ignore_errors=True)
+        cmd = ablate_command(experiment, data_dir=data_dir, results=results, seeds=c, max_concurrent=c,
+                             cpus_per_trial=round(2 / c, 3), preset=args.preset)
+        print("running:", " ".join(cmd), flush=True)
+        run, peak = run_command(cmd, log_path=work / f"ablate-c{c}.log", timeout=args.timeout)
+        out[c] = {"wall_seconds": round(run.seconds, 1), "tree": memory_dict(peak.peak_tree),
+                  "workers": memory_dict(peak.peak_workers), "samples": peak.samples}
+        print(f"A c={c}: tree {out[c]['tree']}, workers {out[c]['workers']}", flush=True)
+    return out
+
+
+def _trial(dataset, epochs: int, preset: str) -> float:
+    """One short training run on `dataset` (what a trial does with its data)."""
+    from emmil.config import resolve_config
+    from emmil.train import fit
+
+    cfg = resolve_config("thumos14", preset=preset, seed=0,
+                         overrides={"train.epochs": epochs, "device": "cpu"})
+    start = time.perf_counter()
+    for _ in fit(cfg, dataset):
+        pass
+    return time.perf_counter() - start
+
+
+def part_b(args, data_dir: Path, concurrency: list[int], nbytes: int) -> dict:
+    for key, value in bench_env().items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    from emmil.data.loading import load_dataset
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=max(256 * 2**20, int(nbytes * 1.5) + 128 * 2**20))
+    try:
+        # max_calls=1: every task gets a fresh worker process, so one mode's memory never leaks into the next.
+        @ray.remote(max_calls=1)
+        def shared_trial(dataset, epochs, preset):
+            return _trial(dataset, epochs, preset)
+
+        @ray.remote(max_calls=1)
+        def private_trial(path, epochs, preset):
+            return _trial(load_dataset("thumos14", Path(path)), epochs, preset)
+
+        dataset = load_dataset("thumos14", data_dir)
+        ref = ray.put(dataset)
+        del dataset  # the driver keeps no copy: the object store holds the only one
+        idle = tree_memory(os.getpid())
+        out: dict = {"idle_tree": memory_dict(idle), "shared": {}, "private": {}}
+        for mode in ("shared", "private"):
+            for c in concurrency:
+                if mode == "private" and not affordable(c, nbytes + 512 * 2**20):
+                    out[mode][c] = "skipped: not enough free memory"
+                    continue
+                fn = (shared_trial if mode == "shared" else private_trial).options(num_cpus=round(2 / c, 3))
+                arg = ref if mode == "shared" else str(data_dir)
+                with PeakMemory(os.getpid()) as peak:
+                    start = time.perf_counter()
+                    ray.get([fn.remote(arg, args.epochs, args.preset) for _ in range(c)])
+                    wall = time.perf_counter() - start
+                out[mode][c] = {"wall_seconds": round(wall, 1), "tree": memory_dict(peak.peak_tree),
+                                "workers": memory_dict(peak.peak_workers), "samples": peak.samples}
+                print(f"B {mode} c={c}: tree {out[mode][c]['tree']}, workers {out[mode][c]['workers']}", flush=True)
+        return out
+    finally:
+        ray.shutdown()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = args.work or out_dir("memory")
+    data_dir = args.data_dir or synthetic_data("thumos14", dim=args.dim, max_videos=args.max_videos)
+    nbytes = dataset_bytes(data_dir)
+    concurrency = sorted(set(args.concurrency))
+    print(f"dataset features: {mib(nbytes)} MiB", flush=True)
+
+    figures: dict = {"dataset": "semi-synthetic THUMOS14", "dim": args.dim, "max_videos": args.max_videos,
+                     "epochs": args.epochs, "dataset_mib": mib(nbytes), "memory": "peak summed USS/PSS, MiB"}
+    if "A" in args.parts:
+        a = part_a(args, data_dir, work, concurrency)
+        figures["harness"] = {str(c): v for c, v in a.items()}
+        growth = growth_per_trial({c: int(v["tree"]["pss"] * 2**20) for c, v in a.items()})
+        if growth is not None:
+            figures["harness_growth_per_trial_mib"] = mib(growth)
+            figures["harness_growth_over_dataset"] = round(growth / nbytes, 3)
+    if "B" in args.parts:
+        b = part_b(args, data_dir, concurrency, nbytes)
+        figures["tasks"] = {m: ({str(c): v for c, v in b[m].items()} if isinstance(b[m], dict) else b[m])
+                            for m in b}
+        for mode in ("shared", "private"):
+            measured = {c: int(v["tree"]["pss"] * 2**20) for c, v in b[mode].items() if isinstance(v, dict)}
+            growth = growth_per_trial(measured)
+            if growth is not None:
+                figures[f"{mode}_growth_per_trial_mib"] = mib(growth)
+                figures[f"{mode}_growth_over_dataset"] = round(growth / nbytes, 3)
+    emit_result("memory", figures, machine=machine_description())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The two-stream EM-MIL model on PACKED batches.
+
+Per stream s in {rgb, flow} (paper section 3; architecture of the authors' release):
+  key-instance head   q_phi^s:   Conv1d(D_s -> H, k, same pad) -> ReLU -> Dropout -> Linear(H -> 1) -> sigmoid = Q_t
+  classification head p_theta^s: Conv1d(D_s -> H, k, same pad) -> ReLU -> Dropout -> Linear(H -> C) -> sigmoid = P_{t,c}
+phi = both key heads, theta = both classification heads. Heads return LOGITS; the sigmoid is applied
+by the losses (BCE-with-logits, numerically stable) and by `scores()`.
+
+Plus the video-level gating classifier (paper 3.5: "a plain UntrimmedNet with soft attentions"):
+  h_t = ReLU(W x_t), class logits s_{t,c}, attention logits a_t; video logit_c = sum_t softmax_t(a)_t s_{t,c}.
+
+Packing: a batch is the clips of several videos stacked into one (N, D) matrix. The k-tap conv
+is ONE matmul X @ [W_0 | ... | W_{k-1}] (N, k*H) followed by shifted sums whose taps are zeroed
+where they would cross a video boundary, so the result equals nn.Conv1d run on each video alone
+(zero padding) while the matmul is large enough to run at the machine's matmul rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STREAMS = ("rgb", "flow")
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where each packed row comes from. N = total clips, B = videos in the batch."""
+
+    seg: torch.Tensor  # (N,) long: video index in the batch, 0..B-1, non-decreasing
+    pos: torch.Tensor  # (N,) long: clip index inside its video
+    length: torch.Tensor  # (N,) long: T of the row's video
+    lengths: torch.Tensor  # (B,) long: T per video
+    num_videos: int  # B
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.seg.shape[0])
+
+
+def make_packing(lengths: list[int] | torch.Tensor, device: torch.device | str = "cpu") -> Packing:
+    """Packing of videos with T_i = lengths[i] clips stacked in order (every T_i >= 1)."""
+    lengths_t = torch.as_tensor(lengths, dtype=torch.long, device=device)
+    if lengths_t.numel() == 0:
+        raise ValueError("make_packing: empty batch (no videos)")
+    if bool((lengths_t < 1).any()):
+        raise ValueError(f"make_packing: every video needs >= 1 clip, got lengths {lengths_t.tolist()}")
+    b = int(lengths_t.numel())
+    seg = torch.repeat_interleave(torch.arange(b, device=device), lengths_t)  # (N,)
+    starts = torch.cumsum(lengths_t, 0) - lengths_t  # (B,) first row of each video
+    pos = torch.arange(seg.numel(), device=device) - starts[seg]  # (N,)
+    return Packing(seg=seg, pos=pos, length=lengths_t[seg], lengths=lengths_t, num_videos=b)
+
+
+def packed_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packing: Packing) -> torch.Tensor:
+    """nn.Conv1d(D, H, k, padding=k//2) applied to every packed video separately.
+
+    x (N, D), weight (H, D, k) as nn.Conv1d stores it, bias (H,) -> (N, H).
+    out[t] = b + sum_j W_j^T x[t + j - k//2], taps outside the row's own video are zero.
+    """
+    h, d, k = weight.shape
+    pad = k // 2
+    w = weight.permute(1, 2, 0).reshape(d, k * h)  # (D, k*H): column block j = W[:, :, j]^T
+    y = x @ w  # (N, k*H): the one big matmul
+    out = y[:, pad * h : (pad + 1) * h]  # centre tap (N, H), never crosses a boundary
+    if bias is not None:
+        out = out + bias
+    n = x.shape[0]
+    for j in range(k):
+        off = j - pad  # row offset this tap reads
+        if off == 0:
+            continue
+        tap = y[:, j * h : (j + 1) * h]  # (N, H)
+        shifted = torch.zeros_like(tap)
+        if off > 0 and n > off:
+            shifted[:-off] = tap[off:]
+        elif off < 0 and n > -off:
+            shifted[-off:] = tap[:off]
+        target = packing.pos + off  # (N,) clip index read by each row
+        valid = ((target >= 0) & (target < packing.length)).to(tap.dtype).unsqueeze(1)  # (N, 1)
+        out = out + shifted * valid
+    return out
+
+
+class Head(nn.Module):
+    """Conv1d(D -> H, k) -> ReLU -> Dropout -> Linear(H -> out): per-clip logits on packed rows."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, kernel_size: int, dropout: float):
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, hidden, kernel_size, padding=kernel_size // 2)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:  # (N, D) -> (N, out)
+        hidden = F.relu(packed_conv1d(x, self.conv.weight, self.conv.bias, packing))
+        return self.fc(self.drop(hidden))
+
+
+class VideoClassifier(nn.Module):
+    """UntrimmedNet-style soft-attention MIL video classifier for test-time class gating."""
+
+    def __init__(self, in_dim: int, hidden: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.enc = nn.Linear(in_dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.cls = nn.Linear(hidden, num_classes)
+        self.att = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """x (N, D) -> video logits (B, C) = sum_t softmax_t(a)_t * s_{t,c} per video."""
+        hidden = self.drop(F.relu(self.enc(x)))  # (N, Hc)
+        att = segment_softmax(self.att(hidden).squeeze(1), packing)  # (N,)
+        clip_logits = self.cls(hidden)  # (N, C)
+        out = torch.zeros(packing.num_videos, clip_logits.shape[1], dtype=x.dtype, device=x.device)
+        return out.index_add(0, packing.seg, att.unsqueeze(1) * clip_logits)
+
+
+def segment_softmax(logits: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Softmax over the clips of each video: logits (N,) -> weights (N,), summing to 1 per video."""
+    b = packing.num_videos
+    seg_max = torch.full((b,), float("-inf"), dtype=logits.dtype, device=logits.device)
+    seg_max = seg_max.scatter_reduce(0, packing.seg, logits.detach(), reduce="amax", include_self=True)
+    e = torch.exp(logits - seg_max[packing.seg])  # (N,)
+    denom = torch.zeros(b, dtype=logits.dtype, device=logits.device).index_add(0, packing.seg, e)
+    return e / denom[packing.seg]
+
+
+class EMMIL(nn.Module):
+    """Two streams x {key-instance q_phi, classification p_theta} heads, plus the gating classifier."""
+
+    def __init__(
+        self,
+        rgb_dim: int,
+        flow_dim: int,
+        num_classes: int,
+        *,
+        hidden: int = 256,
+        kernel_size: int = 3,
+        dropout: float = 0.5,
+        cls_hidden: int = 256,
+    ):
+        super().__init__()
+        self.rgb_dim, self.flow_dim, self.num_classes = rgb_dim, flow_dim, num_classes
+        dims = {"rgb": rgb_dim, "flow": flow_dim}
+        self.key = nn.ModuleDict({s: Head(dims[s], hidden, 1, kernel_size, dropout) for s in STREAMS})  # phi
+        self.cls = nn.ModuleDict({s: Head(dims[s], hidden, num_classes, kernel_size, dropout) for s in STREAMS})  # theta
+        self.gate = VideoClassifier(rgb_dim + flow_dim, cls_hidden, num_classes, dropout)
+
+    @classmethod
+    def from_config(cls, model_cfg, rgb_dim: int, flow_dim: int, num_classes: int) -> "EMMIL":
+        return cls(
+            rgb_dim,
+            flow_dim,
+            num_classes,
+            hidden=model_cfg.hidden,
+            kernel_size=model_cfg.kernel_size,
+            dropout=model_cfg.dropout,
+            cls_hidden=model_cfg.cls_hidden,
+        )
+
+    def stream_input(self, x: torch.Tensor, stream: str) -> torch.Tensor:
+        """(N, D_rgb + D_flow) -> the stream's columns (a view; RGB columns come first)."""
+        return x[:, : self.rgb_dim] if stream == "rgb" else x[:, self.rgb_dim :]
+
+    def key_logits(self, x: torch.Tensor, packing: Packing, stream: str) -> torch.Tensor:  # (N,)
+        return self.key[stream](self.stream_input(x, stream), packing).squeeze(1)
+
+    def cls_logits(self, x: torch.Tensor, packing: Packing, stream: str) -> torch.Tensor:  # (N, C)
+        return self.cls[stream](self.stream_input(x, stream), packing)
+
+    def phi_parameters(self) -> list[nn.Parameter]:
+        return list(self.key.parameters())
+
+    def theta_parameters(self) -> list[nn.Parameter]:
+        return list(self.cls.parameters())
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return list(self.gate.parameters())
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor, packing: Packing) -> dict[str, torch.Tensor]:
+        """Inference scores: q_rgb, q_flow (N,), p_rgb, p_flow (N, C), video (B, C) probabilities."""
+        out = {}
+        for s in STREAMS:
+            out[f"q_{s}"] = torch.sigmoid(self.key_logits(x, packing, s))
+            out[f"p_{s}"] = torch.sigmoid(self.cls_logits(x, packing, s))
+        out["video"] = torch.sigmoid(self.gate(x, packing))
+        return out

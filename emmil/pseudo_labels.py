@@ -1,0 +1,60 @@
+"""Pseudo-labels of EM-MIL (paper Eq. 3 and Eq. 5) as pure tensor functions on packed batches.
+
+Every mean / max / min is taken over the clips of ONE video (segment reductions over `seg`), so
+packing several videos into one batch never mixes their statistics. Classes absent from a video
+(y_c = 0) are 0 at every clip: negative bags are uniformly negative (the MIL assumption, paper 3.4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """Per-video mean over clips: values (N, K), seg (N,) -> (B, K)."""
+    sums = torch.zeros(num_videos, values.shape[1], dtype=values.dtype, device=values.device)
+    sums = sums.index_add(0, seg, values)
+    counts = torch.zeros(num_videos, dtype=values.dtype, device=values.device)
+    counts = counts.index_add(0, seg, torch.ones_like(seg, dtype=values.dtype))
+    return sums / counts.clamp_min(1).unsqueeze(1)
+
+
+def segment_extreme(values: torch.Tensor, seg: torch.Tensor, num_videos: int, reduce: str) -> torch.Tensor:
+    """Per-video max ("amax") or min ("amin") over clips: values (N, K) -> (B, K)."""
+    fill = float("-inf") if reduce == "amax" else float("inf")
+    out = torch.full((num_videos, values.shape[1]), fill, dtype=values.dtype, device=values.device)
+    index = seg.unsqueeze(1).expand_as(values)
+    return out.scatter_reduce(0, index, values, reduce=reduce, include_self=True)
+
+
+def e_step_labels(p: torch.Tensor, y: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: z_hat_t = 1 if sum_c 1(P_{t,c} > mean_{1:T} P_{.,c} and y_c = 1) > 0, else 0.
+
+    p (N, C) classification probabilities of the frozen p_theta, y (B, C) video labels in {0,1},
+    seg (N,) video of each clip -> z_hat (N,) float in {0, 1}. A video without labels gets all 0.
+    """
+    mean = segment_mean(p, seg, y.shape[0])  # (B, C)
+    above = (p > mean[seg]) & (y[seg] > 0)  # (N, C)
+    return above.any(dim=1).to(p.dtype)
+
+
+def m_step_labels(q: torch.Tensor, y: torch.Tensor, seg: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 5: y_hat_{t,c} = 1 if y_c = 1 and Q_t > mean_{1:T} Q + gamma * (max_t Q - min_t Q), else 0.
+
+    q (N,) key-instance probabilities of the frozen q_phi, y (B, C), seg (N,) -> y_hat (N, C).
+    """
+    b = y.shape[0]
+    q2 = q.unsqueeze(1)  # (N, 1)
+    threshold = segment_mean(q2, seg, b) + gamma * (
+        segment_extreme(q2, seg, b, "amax") - segment_extreme(q2, seg, b, "amin")
+    )  # (B, 1)
+    key = (q2 > threshold[seg]).to(y.dtype)  # (N, 1)
+    return key * y[seg]
+
+
+def all_positive_labels(y: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Initial M step (paper 3.4): every clip of a positive bag is 1 for the bag's classes.
+
+    y (B, C), seg (N,) -> (N, C) = y of each clip's video.
+    """
+    return y[seg]

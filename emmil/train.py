@@ -1,0 +1,552 @@
+"""Training (EM alternation, the ablation variants), validation, test evaluation, run directories.
+
+`fit(config, dataset)` yields one EpochResult per epoch. The whole dataset is ONE tensor on the
+device; a step packs `train.batch_videos` whole videos (see emmil.model.Packing). Freezing is by
+which optimiser steps: phi (key heads), theta (classification heads) and the gating classifier
+each have their own Adam; the frozen branch runs under no_grad in eval mode (no dropout), so its
+pseudo-labels are a deterministic function of its parameters.
+
+Variants (config.variant), sharing everything but the loss and which branch trains:
+  full             E: Eq. 3 labels from frozen p_theta, Eq. 4 on q_phi; M: Eq. 5 labels (all-positive in
+                   the first M block) from frozen q_phi, Eq. 6 on p_theta.
+  no-pseudo-label  same alternation, loss = softmax attention-MIL (attention from q_phi, all classes,
+                   positive and negative videos alike) on the trained branch.
+  joint            Eq. 3/5 labels from the current (detached) outputs, both branches every step.
+  attention-mil    attention-MIL loss, both branches every step (no EM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from emmil.config import RunConfig
+from emmil.data.dataset import Dataset, Video
+from emmil.errors import ConfigError, DataError
+from emmil.losses import attention_mil_loss, pseudo_label_bce, video_classifier_loss
+from emmil.model import EMMIL, STREAMS, Packing, make_packing
+from emmil.pseudo_labels import all_positive_labels, e_step_labels, m_step_labels
+from emmil.schedule import EpochPlan, plan_epoch
+
+STATE_VERSION = 1
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available (under Ray: the GPU it assigned via CUDA_VISIBLE_DEVICES), else CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' = 'cuda' but no CUDA device is available")
+    if requested not in ("cpu", "cuda"):
+        raise ConfigError(f"config key 'device': unknown device {requested!r}; expected auto, cpu or cuda")
+    return torch.device(requested)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[tuple[Video, ...], tuple[Video, ...]]:
+    """(train, val) from the TRAINING subset: a seeded, class-stratified held-out slice.
+
+    Videos are grouped by their first (sorted) label; each group gives round(fraction * size) videos
+    (at least 1 when fraction > 0 and the group has >= 2) chosen by a numpy Generator(seed).
+    """
+    videos = dataset.in_subset(dataset.train_subset)
+    if not videos:
+        raise DataError(f"{dataset.name}: no videos in the training subset {dataset.train_subset!r}")
+    if fraction <= 0:
+        return videos, ()
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(videos):
+        groups.setdefault(v.labels[0] if v.labels else "", []).append(i)
+    held: set[int] = set()
+    for key in sorted(groups):
+        members = groups[key]
+        k = int(round(fraction * len(members)))
+        if k == 0 and len(members) >= 2:
+            k = 1
+        k = min(k, len(members) - 1) if len(members) > 1 else 0
+        held.update(int(members[j]) for j in rng.permutation(len(members))[:k])
+    train = tuple(v for i, v in enumerate(videos) if i not in held)
+    val = tuple(v for i, v in enumerate(videos) if i in held)
+    return train, val
+
+
+def _usable(videos: tuple[Video, ...], where: str) -> tuple[Video, ...]:
+    for v in videos:
+        if v.num_clips < 1:
+            raise DataError(f"video {v.name!r} ({where}) has no feature clips; drop it when loading (min_clips)")
+    return videos
+
+
+def gather_rows(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Row indices into the dataset tensor for videos (start_i, T_i) packed in order: (sum T_i,)."""
+    offsets = torch.cumsum(lengths, 0) - lengths  # (B,) first packed row of each video
+    base = torch.repeat_interleave(starts - offsets, lengths)  # (N,)
+    return base + torch.arange(base.numel(), device=base.device)
+
+
+@dataclass
+class _DeviceData:
+    features: torch.Tensor  # (sum_i T_i, D) the whole dataset on the device
+    starts: torch.Tensor  # (V,) long, per training video
+    lengths: torch.Tensor  # (V,) long
+    labels: torch.Tensor  # (V, C) float
+
+
+def _device_data(dataset: Dataset, videos: tuple[Video, ...], features: torch.Tensor) -> _DeviceData:
+    dev = features.device
+    return _DeviceData(
+        features=features,
+        starts=torch.tensor([v.start for v in videos], dtype=torch.long, device=dev),
+        lengths=torch.tensor([v.num_clips for v in videos], dtype=torch.long, device=dev),
+        labels=torch.from_numpy(dataset.label_matrix(videos)).to(dev),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def _set_mode(model: EMMIL, train_key: bool, train_cls: bool) -> None:
+    model.key.train(train_key)
+    model.cls.train(train_cls)
+    model.gate.train(True)
+
+
+def step_losses(
+    model: EMMIL, x: torch.Tensor, y: torch.Tensor, packing: Packing, plan: EpochPlan, variant: str, gamma: float
+) -> dict[str, torch.Tensor]:
+    """Loss terms of one packed batch (sum over streams = `loss`), for the epoch's plan and variant.
+
+    x (N, D) packed clips, y (B, C) video labels. Returns {"loss", "loss_rgb", "loss_flow", "loss_gate"}.
+    """
+    seg = packing.seg
+    out: dict[str, torch.Tensor] = {}
+    pseudo = variant in ("full", "joint")
+    for s in STREAMS:
+        if plan.step == "E":  # train q_phi; p_theta frozen
+            with torch.no_grad():
+                cls_logits = model.cls_logits(x, packing, s)
+            key_logits = model.key_logits(x, packing, s)
+            if pseudo:
+                loss = pseudo_label_bce(key_logits, e_step_labels(torch.sigmoid(cls_logits), y, seg))  # Eq. 3, 4
+            else:
+                loss = attention_mil_loss(key_logits, cls_logits, y, packing)
+        elif plan.step == "M":  # train p_theta; q_phi frozen
+            cls_logits = model.cls_logits(x, packing, s)
+            if pseudo:
+                if plan.all_positive:
+                    target = all_positive_labels(y, seg)  # initial M step (paper 3.4)
+                else:
+                    with torch.no_grad():
+                        q = torch.sigmoid(model.key_logits(x, packing, s))
+                    target = m_step_labels(q, y, seg, gamma)  # Eq. 5
+                loss = pseudo_label_bce(cls_logits, target)  # Eq. 6
+            else:
+                with torch.no_grad():
+                    key_logits = model.key_logits(x, packing, s)
+                loss = attention_mil_loss(key_logits, cls_logits, y, packing)
+        else:  # joint: both branches
+            key_logits = model.key_logits(x, packing, s)
+            cls_logits = model.cls_logits(x, packing, s)
+            if pseudo:
+                z = e_step_labels(torch.sigmoid(cls_logits.detach()), y, seg)
+                if plan.all_positive:
+                    target = all_positive_labels(y, seg)
+                else:
+                    target = m_step_labels(torch.sigmoid(key_logits.detach()), y, seg, gamma)
+                loss = pseudo_label_bce(key_logits, z) + pseudo_label_bce(cls_logits, target)
+            else:
+                loss = attention_mil_loss(key_logits, cls_logits, y, packing)
+        out[f"loss_{s}"] = loss
+    out["loss_gate"] = video_classifier_loss(model.gate(x, packing), y)
+    out["loss"] = out["loss_rgb"] + out["loss_flow"] + out["loss_gate"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fit
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    total_epochs: int
+    step: str  # "E" | "M" | "joint"
+    lr: float  # lr of the EM branches this epoch
+    losses: dict  # mean over the epoch's batches: loss, loss_rgb, loss_flow, loss_gate
+    val: dict  # validation metrics (empty when not evaluated this epoch)
+    seconds: float  # wall time of the epoch (training + validation)
+    model: EMMIL = field(repr=False, compare=False)
+    _state_fn: Callable[[], dict] = field(repr=False, compare=False)
+
+    def state(self) -> dict:
+        """The full training state after this epoch (torch.save-able); `fit(..., resume=state)` continues.
+
+        Must be called before the fit iterator advances (the model is trained in place).
+        """
+        return self._state_fn()
+
+    def metrics(self) -> dict[str, float]:
+        """Flat per-epoch metrics (losses, lr, seconds, val_*) for tracking."""
+        return {**self.losses, **self.val, "lr": self.lr, "epoch_seconds": self.seconds}
+
+
+def _rng_get(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _rng_set(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def build_model(config: RunConfig, dataset: Dataset, device: torch.device) -> EMMIL:
+    torch.manual_seed(config.seed)
+    model = EMMIL.from_config(config.model, dataset.rgb_dim, dataset.flow_dim, len(dataset.classes))
+    return model.to(device)
+
+
+def _optimizers(model: EMMIL, config: RunConfig) -> dict[str, torch.optim.Optimizer]:
+    t = config.train
+    return {
+        "phi": torch.optim.Adam(model.phi_parameters(), lr=t.lr, weight_decay=t.weight_decay),
+        "theta": torch.optim.Adam(model.theta_parameters(), lr=t.lr, weight_decay=t.weight_decay),
+        "gate": torch.optim.Adam(model.gate_parameters(), lr=t.cls_lr, weight_decay=t.weight_decay),
+    }
+
+
+def dataset_tensor(dataset: Dataset, device: torch.device) -> torch.Tensor:
+    """The whole feature array as one tensor on `device` (zero-copy on CPU)."""
+    feats = dataset.features
+    if feats.dtype != np.float32:
+        raise DataError(f"{dataset.path or dataset.name}: features must be float32, got {feats.dtype}")
+    tensor = torch.from_numpy(np.ascontiguousarray(feats)) if feats.flags.writeable else torch.from_numpy(feats.copy())
+    return tensor.to(device)
+
+
+def fit(
+    config: RunConfig,
+    dataset: Dataset,
+    *,
+    device: torch.device | str | None = None,
+    resume: dict | None = None,
+    features: torch.Tensor | None = None,
+) -> Iterator[EpochResult]:
+    """Train `config` on `dataset`'s training subset; yield one EpochResult per epoch.
+
+    `features`: the dataset tensor already on the device (else it is copied there once).
+    `resume`: an `EpochResult.state()`; training continues after its epoch with identical results.
+    """
+    if config.dataset != dataset.name:
+        raise ConfigError(f"config key 'dataset' is {config.dataset!r} but the data is {dataset.name!r}")
+    dev = choose_device(config.device) if device is None else torch.device(device)
+    t = config.train
+    train_videos, val_videos = split_validation(dataset, t.val_fraction, config.seed)
+    _usable(train_videos, dataset.train_subset)
+    feats = dataset_tensor(dataset, dev) if features is None else features
+    data = _device_data(dataset, train_videos, feats)
+    model = build_model(config, dataset, dev)
+    opts = _optimizers(model, config)
+    shuffle = torch.Generator().manual_seed(config.seed + 1)  # batch order (CPU generator: device-independent)
+    torch.manual_seed(config.seed + 2)  # dropout stream
+    rng = _rng_get(dev)
+    start = 1
+    if resume is not None:
+        if resume.get("version") != STATE_VERSION or resume.get("config_hash") is None:
+            raise ConfigError("resume: not an emmil training state (missing version/config_hash)")
+        model.load_state_dict(resume["model"])
+        for name, opt in opts.items():
+            opt.load_state_dict(resume["optimizers"][name])
+        shuffle.set_state(resume["shuffle_rng"])
+        rng = resume["rng"]
+        start = int(resume["epoch"]) + 1
+    n = len(train_videos)
+    generation = [0]
+    for epoch in range(start, t.epochs + 1):
+        t0 = time.perf_counter()
+        plan = plan_epoch(epoch, t, config.variant)
+        lr = t.lr * plan.lr_scale
+        for name in ("phi", "theta"):
+            for group in opts[name].param_groups:
+                group["lr"] = lr
+        trains = {"E": ("phi",), "M": ("theta",), "joint": ("phi", "theta")}[plan.step] + ("gate",)
+        _set_mode(model, "phi" in trains, "theta" in trains)
+        _rng_set(rng, dev)
+        order = torch.randperm(n, generator=shuffle).to(dev)
+        sums: dict[str, float] = {}
+        batches = 0
+        for b0 in range(0, n, t.batch_videos):
+            idx = order[b0 : b0 + t.batch_videos]
+            lengths = data.lengths[idx]
+            x = data.features[gather_rows(data.starts[idx], lengths)]  # (N, D) packed clips
+            packing = make_packing(lengths, dev)
+            terms = step_losses(model, x, data.labels[idx], packing, plan, config.variant, t.gamma)
+            for opt in opts.values():
+                opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            for name in trains:
+                opts[name].step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            batches += 1
+        rng = _rng_get(dev)
+        losses = {k: v / max(batches, 1) for k, v in sums.items()}
+        val: dict[str, float] = {}
+        if val_videos and (epoch % t.eval_every == 0 or epoch == t.epochs):
+            val = evaluate_videos(config, dataset, model, val_videos, feats, prefix="val")[0]
+        generation[0] = epoch
+        snapshot = dict(epoch=epoch, rng=rng)
+
+        def state_fn(_epoch=epoch, _snap=snapshot) -> dict:
+            if generation[0] != _epoch:
+                raise RuntimeError(f"EpochResult.state() of epoch {_epoch} called after training moved on")
+            return {
+                "version": STATE_VERSION,
+                "config_hash": _hash(config),
+                "epoch": _epoch,
+                "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizers": {k: _clone(o.state_dict()) for k, o in opts.items()},
+                "shuffle_rng": shuffle.get_state(),
+                "rng": {k: v.clone() for k, v in _snap["rng"].items()},
+            }
+
+        yield EpochResult(
+            epoch=epoch,
+            total_epochs=t.epochs,
+            step=plan.step,
+            lr=lr,
+            losses=losses,
+            val=val,
+            seconds=time.perf_counter() - t0,
+            model=model,
+            _state_fn=state_fn,
+        )
+
+
+def _hash(config: RunConfig) -> str:
+    from emmil.config import config_hash
+
+    return config_hash(config)
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def predict_scores(
+    model: EMMIL, videos: tuple[Video, ...], features: torch.Tensor, *, max_rows: int = 65536
+) -> list[dict[str, np.ndarray]]:
+    """Per video: q_rgb, q_flow (T,), p_rgb, p_flow (T, C), video (C,) as float64 numpy arrays."""
+    model.eval()
+    dev = features.device
+    out: list[dict[str, np.ndarray]] = []
+    i = 0
+    while i < len(videos):
+        j, rows = i, 0
+        while j < len(videos) and (j == i or rows + videos[j].num_clips <= max_rows):
+            rows += videos[j].num_clips
+            j += 1
+        batch = videos[i:j]
+        lengths = torch.tensor([v.num_clips for v in batch], dtype=torch.long, device=dev)
+        starts = torch.tensor([v.start for v in batch], dtype=torch.long, device=dev)
+        packing = make_packing(lengths, dev)
+        scores = model.scores(features[gather_rows(starts, lengths)], packing)
+        cpu = {k: v.double().cpu().numpy() for k, v in scores.items()}
+        offset = 0
+        for b, v in enumerate(batch):
+            sl = slice(offset, offset + v.num_clips)
+            out.append({
+                "q_rgb": cpu["q_rgb"][sl], "q_flow": cpu["q_flow"][sl],
+                "p_rgb": cpu["p_rgb"][sl], "p_flow": cpu["p_flow"][sl], "video": cpu["video"][b],
+            })
+            offset += v.num_clips
+        i = j
+    return out
+
+
+def localize_params(config: RunConfig):
+    from emmil.localize import LocalizeParams
+
+    return LocalizeParams(**dataclasses.asdict(config.localize))
+
+
+def localize_all(config: RunConfig, dataset: Dataset, videos: tuple[Video, ...], scores: list[dict]) -> dict:
+    """ActivityNet results JSON {"results": {video: [...]}} for `videos` from their scores."""
+    from emmil.localize import localize_video, results_json
+
+    params = localize_params(config)
+    per_video = {}
+    for v, s in zip(videos, scores):
+        per_video[v.name] = localize_video(
+            s["q_rgb"], s["q_flow"], s["p_rgb"], s["p_flow"], s["video"], params=params
+        )
+    return results_json(per_video, dataset.classes, clip_seconds=dataset.clip_seconds)
+
+
+def _ground_truth_of(dataset: Dataset, videos: tuple[Video, ...]) -> dict:
+    return dataset.select([v.name for v in videos]).ground_truth()
+
+
+def evaluate_videos(
+    config: RunConfig, dataset: Dataset, model: EMMIL, videos: tuple[Video, ...], features: torch.Tensor,
+    *, prefix: str,
+) -> tuple[dict[str, float], dict, list[dict]]:
+    """(metrics with `prefix`_ keys, predictions JSON, per-video scores) for `videos`."""
+    from emmil.evaluate import TIOU, classification_map, detection_map, segment_coverage
+
+    was_training = model.training
+    scores = predict_scores(model, videos, features)
+    predictions = localize_all(config, dataset, videos, scores)
+    gt = _ground_truth_of(dataset, videos)
+    ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
+    result = detection_map(gt, predictions, TIOU[dataset.name], ambiguous=ambiguous)
+    metrics: dict[str, float] = {}
+    for thr, value in zip(result.tiou, result.mAP):
+        metrics[f"{prefix}_mAP_{thr:.2f}"] = float(value)
+    metrics[f"{prefix}_avg_mAP"] = float(result.average_mAP)
+    video_scores = np.stack([s["video"] for s in scores]) if scores else np.zeros((0, len(dataset.classes)))
+    metrics[f"{prefix}_cls_mAP"] = float(classification_map(video_scores, dataset.label_matrix(videos)))
+    metrics[f"{prefix}_coverage"] = float(segment_coverage(gt, predictions))
+    model.train(was_training)
+    return metrics, predictions, scores
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    metrics: dict  # test_mAP_0.10 ..., test_avg_mAP, test_cls_mAP, test_coverage, eval_protocol
+    predictions: dict  # {"results": {video: [{label, segment, score}]}}
+    timelines: dict  # docs/CONTRACTS.md timelines.json layout
+
+
+def evaluate_test(
+    config: RunConfig, dataset: Dataset, model: EMMIL, *, device: torch.device | str | None = None,
+    features: torch.Tensor | None = None, timeline_videos: int = 4,
+) -> TestOutcome:
+    """Score the test subset: metrics, predictions JSON and timelines of a few test videos."""
+    dev = choose_device(config.device) if device is None else torch.device(device)
+    feats = dataset_tensor(dataset, dev) if features is None else features
+    videos = _usable(dataset.in_subset(dataset.test_subset), dataset.test_subset)
+    if not videos:
+        raise DataError(f"{dataset.name}: no videos in the test subset {dataset.test_subset!r}")
+    metrics, predictions, scores = evaluate_videos(config, dataset, model, videos, feats, prefix="test")
+    timelines = build_timelines(config, dataset, videos, scores, predictions, timeline_videos)
+    return TestOutcome(metrics=metrics, predictions=predictions, timelines=timelines)
+
+
+def build_timelines(
+    config: RunConfig, dataset: Dataset, videos: tuple[Video, ...], scores: list[dict], predictions: dict, count: int
+) -> dict:
+    """Eq. 9 fused score L_t of the top ground-truth class, its Eq. 5-style threshold, predicted and GT
+    segments, for the first `count` test videos that have ground truth."""
+    loc = config.localize
+    cidx = dataset.class_index
+    chosen = [(v, s) for v, s in zip(videos, scores) if v.segments][:count]
+    out: dict[str, Any] = {"clip_seconds": dataset.clip_seconds, "videos": {}}
+    for v, s in chosen:
+        gt_labels = sorted(set(v.segment_labels))
+        top = max(gt_labels, key=lambda lab: s["video"][cidx[lab]])
+        c = cidx[top]
+        q = loc.rgb_weight * s["q_rgb"] + (1 - loc.rgb_weight) * s["q_flow"]  # (T,)
+        p = loc.rgb_weight * s["p_rgb"][:, c] + (1 - loc.rgb_weight) * s["p_flow"][:, c]  # (T,)
+        fused = loc.lam * q + (1 - loc.lam) * p  # Eq. 9
+        threshold = float(fused.mean() + loc.gamma * (fused.max() - fused.min()))  # Eq. 5 scheme
+        segs = [
+            [float(p_["segment"][0]), float(p_["segment"][1]), float(p_["score"])]
+            for p_ in predictions["results"].get(v.name, [])
+            if p_["label"] == top
+        ]
+        out["videos"][v.name] = {
+            "duration": v.duration,
+            "ground_truth": [{"label": lab, "segment": [a, b]} for (a, b), lab in zip(v.segments, v.segment_labels)],
+            "tracks": [{
+                "label": top, "L": [float(x) for x in fused], "threshold": threshold, "segments": segs,
+                "Q": [float(x) for x in q], "P": [float(x) for x in p],
+            }],
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train_run(
+    config: RunConfig, dataset: Dataset, out_dir: str | Path, *, progress: bool = True,
+    device: torch.device | str | None = None, on_epoch: Callable[[EpochResult], None] | None = None,
+) -> dict:
+    """Fit to the end, evaluate on test, write config.yaml, predictions.json, timelines.json and,
+    LAST and atomically, metrics.json (its presence marks the run finished). Returns the metrics."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    finished = out / "metrics.json"
+    if finished.exists():
+        finished.unlink()  # a rerun into the same directory is unfinished until it ends
+    _write_atomic(out / "config.yaml", config.to_yaml())
+    dev = choose_device(config.device) if device is None else torch.device(device)
+    t0 = time.perf_counter()
+    feats = dataset_tensor(dataset, dev)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.train.epochs, desc=f"{config.variant} seed {config.seed}", unit="epoch")
+    history: list[dict] = []
+    epoch_seconds: list[float] = []
+    model = None
+    for result in fit(config, dataset, device=dev, features=feats):
+        model = result.model
+        history.append({"epoch": result.epoch, "step": result.step, "lr": result.lr, **result.losses, **result.val})
+        epoch_seconds.append(result.seconds)
+        if on_epoch is not None:
+            on_epoch(result)
+        if bar is not None:
+            bar.set_postfix(step=result.step, loss=f"{result.losses.get('loss', float('nan')):.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    train_seconds = time.perf_counter() - t0
+    outcome = evaluate_test(config, dataset, model, device=dev, features=feats)
+    _write_atomic(out / "predictions.json", json.dumps(outcome.predictions))
+    _write_atomic(out / "timelines.json", json.dumps(outcome.timelines))
+    val_last = {k: v for row in history for k, v in row.items() if k.startswith("val_")}
+    metrics = {
+        **outcome.metrics,
+        **val_last,
+        # timing: the only keys that differ between two runs of the same seed on the same device
+        "timing": {"train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t0,
+                   "epoch_seconds": epoch_seconds},
+        "eval_protocol": "ambiguous=removed" if config.train.exclude_ambiguous else "ambiguous=kept",
+        "data_source": dataset.source,
+        "device": str(dev),
+        "history": history,
+    }
+    _write_atomic(finished, json.dumps(metrics, indent=1))
+    return metrics

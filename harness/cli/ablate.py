@@ -1,0 +1,201 @@
+"""`emmil ablate [EXPERIMENT]`: run an experiment of ablations/ (variants x seeds) on Ray Tune, tracked
+in MLflow (one parent run, one child run per trial), resumable with --resume. See docs/harness.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from emmil.errors import ConfigError
+from harness.experiments import Experiment, check_results_dir, expand_trials, list_experiments, load_experiment, summary_table
+
+TEST_METRICS = ("test_avg_mAP", "test_mAP_0.50")
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options common to `ablate` and `sweep`."""
+    parser.add_argument("--dataset", choices=("thumos14", "anet12"), help="dataset name (default: the file's)")
+    parser.add_argument("--data-dir", help="folder with the features (W-TALC or per-video layout)")
+    parser.add_argument("--layout", default="auto", choices=("auto", "wtalc", "per-video"))
+    parser.add_argument("--preset", choices=("quick", "paper"), help="config preset (default: the file's, else paper)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override applied to every trial, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0,
+                        help="fractional GPUs per trial (0.25 packs 4 trials per GPU); 0 on a CPU machine")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    parser.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
+    parser.add_argument("--results", default="results", help="results directory (default ./results)")
+    parser.add_argument("--address", default=None,
+                        help="join this Ray cluster (else $RAY_ADDRESS, else a private local instance)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default sqlite:///<results>/mlflow.db)")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --results")
+    parser.add_argument("--no-report", action="store_true", help="do not build <results>/<name>/report at the end")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", nargs="?", default="table3",
+                        help="experiment name in ablations/ or a YAML file (default table3)")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the file's)")
+    add_shared_arguments(parser)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where and how trials run (shared by ablate and sweep)."""
+
+    results: Path
+    tracking_uri: str | None = None
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    resume: bool = False
+    report: bool = True
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # --set, every trial
+    fail_once: Mapping[str, Any] | None = None  # test hook: {"epoch": k, "marker_dir": path}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    rows: list
+    parent_run_id: str
+    tracking_uri: str
+    root: Path
+    summary: str
+
+
+def launch_from_args(args: argparse.Namespace) -> Launch:
+    from emmil.config import parse_set_args
+
+    if args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    return Launch(
+        results=check_results_dir(args.results),  # before any work starts
+        tracking_uri=args.tracking_uri, address=args.address, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        resume=args.resume, report=not args.no_report, overrides=parse_set_args(args.overrides),
+    )
+
+
+def dataset_loader(name: str, data_dir: str | None, layout: str) -> Callable[[], Any]:
+    if not data_dir:
+        raise ConfigError("--data-dir is required (a folder with the features; `emmil data synth` writes one)")
+    from emmil.data.loading import load_dataset
+
+    return lambda: load_dataset(name, data_dir, layout)
+
+
+def prepare_fresh_tune_dir(storage: Path, name: str, resume: bool) -> None:
+    """A Tune dir that cannot be restored (the driver died before its first state save) is moved aside."""
+    from harness.ray_tune import restorable
+
+    path = storage / name
+    if resume and path.exists() and not restorable(path):
+        shutil.move(str(path), str(storage / f"{name}.unrestorable-{int(time.time())}"))
+
+
+def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: int, launch: Launch,
+                 load_data: Callable[[], Any], command: str | None = None, out=print) -> Outcome:
+    """Run (or resume) `experiment` x `seeds` on Ray Tune; returns the per-trial rows and where they are."""
+    from emmil.config import resolve_config
+    from harness import runner, tracking
+    from harness.ray_tune import Resources, ray_session, result_rows, tune_trials
+
+    trials = expand_trials(experiment, seeds)
+    for t in trials:  # every trial's config is valid before anything starts
+        try:
+            resolve_config(dataset, preset=preset, seed=t.seed, overrides={**t.overrides, **launch.overrides})
+        except ConfigError as exc:
+            raise ConfigError(f"{experiment.path or experiment.name}: variant {t.variant!r}: {exc}") from None
+    uri = launch.tracking_uri or tracking.default_tracking_uri(launch.results)
+    place = runner.RunPlace(launch.results, experiment.name, uri, f"emmil-{experiment.name}")
+    command = command or runner.command_line()
+    take, meta = runner.load_once(load_data)
+    if meta["name"] != dataset:
+        raise ConfigError(f"--dataset {dataset!r} but the data at {meta['path']} is {meta['name']!r}")
+    common_tags = {"emmil.experiment": experiment.name, "emmil.dataset": dataset, "emmil.data_source": meta["source"],
+                   "emmil.command": command, "emmil.git_commit": tracking.git_commit()}
+    target, state = runner.open_parent(
+        place, resume=launch.resume, kind="ablation", tags=common_tags,
+        params={"experiment": experiment.name, "dataset": dataset, "preset": preset, "seeds": seeds,
+                "variants": ",".join(v.name for v in experiment.variants),
+                **{f"set.{k}": v for k, v in launch.overrides.items()}},
+    )
+    out(f"emmil ablate {experiment.name}: {len(experiment.variants)} variants x {seeds} seeds = {len(trials)} trials "
+        f"on {dataset} ({meta['source']}), preset {preset}")
+    run_common = {
+        "dataset": dataset, "preset": preset, "stage": "ablation", "eval_test": True,
+        "tracking": target.to_dict(), "buffer_dir": str(place.buffer_dir), "fail_once": launch.fail_once,
+        "tags": {**common_tags, "emmil.stage": "ablation"},
+    }
+    trial_space = [
+        {"trial_id": f"{experiment.name}/{t.name}", "name": t.name, "variant": t.variant, "seed": t.seed,
+         "overrides": {**t.overrides, **launch.overrides}}
+        for t in trials
+    ]
+    from ray import tune
+
+    resources = Resources(launch.cpus_per_trial, launch.gpus_per_trial, launch.max_concurrent)
+    t0 = time.time()
+    with ray_session(launch.address):
+        prepare_fresh_tune_dir(place.root, "ablation", launch.resume)
+        grid = tune_trials(take, name="ablation", storage=place.root,
+                           param_space={"trial": tune.grid_search(trial_space), "run": run_common},
+                           resources=resources, resume=launch.resume, max_failures=launch.max_failures,
+                           progress_total=len(trials))
+    rows = result_rows(grid)
+    closed = runner.close_trial_runs(target, place.buffer_dir, rows)
+    wall = time.time() - t0
+    ok = [r for r in rows if not r.get("error") and "test_avg_mAP" in r]
+    order = [v.name for v in experiment.variants]
+    summary = summary_table(rows, "variant", TEST_METRICS, order)
+    parent_metrics = {"wall_seconds": wall, "trials_ok": len(ok), "trials_failed": len(rows) - len(ok)}
+    for name in order:
+        vals = [r["test_avg_mAP"] for r in ok if r.get("variant") == name]
+        if vals:
+            parent_metrics[f"{name}.test_avg_mAP.mean"] = sum(vals) / len(vals)
+    status = "FINISHED" if len(ok) == len(trials) else "FAILED"
+    tracking.finish_run(target.uri, target.parent_run_id, status,
+                        {"emmil.tracking_closed": ",".join(f"{k}={v}" for k, v in closed.items())}, parent_metrics)
+    runner.write_state(place, {**state, "stage": "done" if status == "FINISHED" else "incomplete"})
+    out("")
+    out(f"{experiment.name} on {dataset} [{meta['source']}], stage ablation, {len(ok)}/{len(trials)} trials ok, "
+        f"{wall:.0f} s")
+    out(summary)
+    out(runner.locations(place, target))
+    if launch.report:
+        out(runner.build_report(place, target, command=command))
+    return Outcome(0 if status == "FINISHED" else 1, rows, target.parent_run_id, uri, place.root, summary)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        for exp in list_experiments():
+            rows = ", ".join(v.name for v in exp.variants)
+            print(f"{exp.name:<16} {exp.description.splitlines()[0] if exp.description else ''}")
+            print(f"{'':<16} variants: {rows}")
+        return 0
+    experiment = load_experiment(args.experiment)
+    dataset = args.dataset or experiment.dataset
+    if dataset is None:
+        raise ConfigError(f"{experiment.path}: no dataset in the file; pass --dataset")
+    preset = args.preset or experiment.preset or "paper"
+    seeds = args.seeds if args.seeds is not None else experiment.seeds
+    launch = launch_from_args(args)
+    outcome = run_ablation(experiment, dataset=dataset, preset=preset, seeds=seeds, launch=launch,
+                           load_data=dataset_loader(dataset, args.data_dir, args.layout))
+    return outcome.exit_code

@@ -1,0 +1,57 @@
+"""`emmil report`: build a benchmark report (tables, plots, provenance) from tracked MLflow runs.
+
+    emmil report --experiment table3 --tracking-uri sqlite:///results/demo/mlflow.db --out results/demo/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--experiment", metavar="NAME",
+                       help="experiment to report: NAME, emmil-NAME or emmil-sweep-NAME (default: every emmil-* one)")
+    which.add_argument("--run-id", metavar="PARENT", help="report the trial runs of this parent (ablation/sweep) run")
+    parser.add_argument("--tracking-uri", metavar="URI", default=None,
+                        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--out", metavar="DIR", type=Path, default=None,
+                        help="report directory (default: report-<experiment or run id> under the current directory)")
+    parser.add_argument("--format", metavar="LIST", default="md,html,tex,csv",
+                        help="comma-separated subset of md,html,tex,csv (default: all)")
+    parser.add_argument("--optuna-storage", metavar="URL", default=None,
+                        help="Optuna RDB storage URL of a sweep's study (optimisation history, importances)")
+    parser.add_argument("--study", metavar="NAME", default=None,
+                        help="Optuna study name (default: from the parent run's tags or the emmil-sweep-NAME experiment)")
+
+
+def _absolute_uri(uri: str) -> str:
+    """sqlite:///relative.db -> sqlite:////abs/relative.db, so the store is the same from any directory."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def run(args: argparse.Namespace) -> int:
+    from emmil.errors import ConfigError
+    from reports.build import build_report, parse_formats
+
+    formats = parse_formats(args.format)
+    uri = _absolute_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"--tracking-uri {uri}: no such SQLite file (nothing has been tracked there)")
+    out = args.out or Path(f"report-{args.experiment or (args.run_id or 'all')[:12]}")
+    command = "emmil report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    path = build_report(uri, experiment=args.experiment, parent_run_id=args.run_id, out_dir=out, formats=formats,
+                        optuna_storage=args.optuna_storage, study_name=args.study, command=command)
+    for name in ("report.md", "report.html", "report.tex", "runs.csv"):
+        if (path / name).is_file():
+            print(path / name)
+    return 0

@@ -1,0 +1,314 @@
+"""Ray Tune adapter: the trainable that runs one EM-MIL trial, resources, checkpoints, resume.
+
+The trial calls the core in three places only (`resolve_config`, `fit`, `evaluate_test`, plus
+`choose_device`), all in `emmil_trial`. One trial = one training run:
+  - the dataset comes from the object store (`tune.with_parameters`), read zero-copy;
+  - resources are declared per trial (`tune.with_resources`: cpu, fractional gpu); the core's device
+    choice follows the CUDA_VISIBLE_DEVICES that Ray sets for the trial;
+  - every epoch: metrics buffered to MLflow (harness.tracking.TrialRun), then one `tune.report` with a
+    checkpoint holding `EpochResult.state()` and the MLflow run id, so a retried trial
+    (FailureConfig.max_failures) or a resumed experiment (`Tuner.restore`) continues the same run;
+  - the last epoch also evaluates the test split when the stage allows it (never in a search).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+
+# Set before Ray starts so that every worker inherits them (DESIGN.md section 10).
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # A trial that asks for 0 GPUs must not see every GPU of the node.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no tensorboard/csv/json loggers per trial
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+# A trial must not hang minutes on a dead tracking server (MLflow's default is 7 retries, 120 s).
+TRIAL_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+CHECKPOINT_FILE = "trial_state.pt"
+
+
+def set_ray_env() -> None:
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+set_ray_env()  # before the first `import ray` of this process
+
+from ray import tune  # noqa: E402
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+                object_store_memory: int | None = None) -> Iterator[bool]:
+    """Join `address` (or $RAY_ADDRESS), or start a private local instance and stop it at the end.
+
+    Yields True when this call started Ray. An already initialised Ray (tests) is used as is.
+    """
+    set_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "configure_logging": True, "logging_level": "ERROR"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # address="local": a private instance even if a stale /tmp/ray/ray_current_cluster exists.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                 object_store_memory=object_store_memory, **kwargs)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+def _safe_file_name(trial_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id)
+
+
+def eval_protocol(exclude_ambiguous: bool) -> str:
+    """The `emmil.eval_protocol` tag: which detection protocol the test numbers used."""
+    return "ambiguous=removed" if exclude_ambiguous else "ambiguous=kept"  # as emmil.train.train_run
+
+
+def _maybe_fail(hook: Mapping[str, Any] | None, trial_id: str, epoch: int) -> None:
+    """Test hook: raise at epoch k on the FIRST attempt only (a marker file remembers the attempt)."""
+    if not hook or int(hook["epoch"]) != epoch:
+        return
+    marker = Path(hook["marker_dir"]) / f"{_safe_file_name(trial_id)}.failed"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(epoch))
+        raise RuntimeError(f"injected failure at epoch {epoch} of trial {trial_id}")
+
+
+def _epoch_metrics(result) -> dict[str, float]:
+    from harness.tracking import metric_items
+
+    return metric_items(result.metrics())  # losses, val_* (when evaluated), lr, epoch_seconds
+
+
+def shared_features(data, device):
+    """The dataset tensor on `device`, without a host copy: the object store's read-only buffer.
+
+    torch warns on non-writable arrays; the core never writes features, so the view is safe.
+    On a GPU the one host->device copy is unavoidable.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        host = torch.from_numpy(data.features)  # (sum T_i, D) float32, zero-copy
+    return host.to(device)
+
+
+def _write_artifacts(out_dir: Path, cfg, metrics: Mapping[str, float], outcome) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(cfg.to_yaml())
+    (out_dir / "metrics.json").write_text(json.dumps(dict(metrics), indent=1, sort_keys=True))
+    if outcome is not None:
+        (out_dir / "predictions.json").write_text(json.dumps(outcome.predictions))
+        (out_dir / "timelines.json").write_text(json.dumps(outcome.timelines))
+    return out_dir
+
+
+def emmil_trial(config: dict, data=None) -> None:
+    """Ray Tune function trainable: one EM-MIL training run (see module doc).
+
+    config = {"trial": {trial_id, name, variant, seed, overrides}, "run": {dataset, preset, stage,
+    eval_test, experiment, tracking, tags, buffer_dir, fail_once}, "search": {dotted key: value}}.
+    """
+    for key, value in TRIAL_MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+    import torch
+
+    from emmil import train as core
+    from emmil.config import config_hash, resolve_config
+    from harness.tracking import TrackingTarget, TrialRun
+
+    spec, run = config["trial"], config["run"]
+    search = dict(config.get("search") or {})
+    ctx = tune.get_context()
+    trial_id = spec.get("trial_id") or f"{run['id_prefix']}/{ctx.get_trial_id()}"
+    cfg = resolve_config(run["dataset"], preset=run["preset"], seed=int(spec["seed"]),
+                         overrides={**spec["overrides"], **search})
+    device = core.choose_device(cfg.device)
+
+    state, run_id = None, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            blob = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        state, run_id = blob["state"], blob.get("run_id")
+
+    import ray
+
+    gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
+    tags = {
+        **run["tags"],
+        "emmil.variant": spec.get("variant", cfg.variant),
+        "emmil.seed": cfg.seed,
+        "emmil.eval_protocol": eval_protocol(cfg.train.exclude_ambiguous),
+        "emmil.data_source": data.source,
+        "emmil.device": str(device),
+        "emmil.gpu_ids": gpu_ids or "none",
+        "emmil.config_hash": config_hash(cfg),
+        "emmil.stage": run["stage"],
+    }
+    buffer = Path(run["buffer_dir"]) / f"{_safe_file_name(trial_id)}.jsonl"
+    tracker = TrialRun(TrackingTarget(**run["tracking"]), trial_id, tags, buffer, run_id=run_id)
+    if state is None:
+        tracker.log_params(cfg.to_flat_dict())
+    tracker.flush()
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    trial_dir = Path(ctx.get_trial_dir())
+    features = shared_features(data, device)
+    for result in core.fit(cfg, data, device=device, resume=state, features=features):
+        _maybe_fail(run.get("fail_once"), trial_id, result.epoch)
+        metrics = _epoch_metrics(result)
+        tracker.log_metrics(metrics, step=result.epoch)
+        report: dict[str, Any] = {**metrics, "epoch": result.epoch, "total_epochs": result.total_epochs}
+        last = result.epoch >= result.total_epochs
+        if last:
+            outcome = None
+            final: dict[str, float] = dict(metrics)
+            if run["eval_test"]:
+                outcome = core.evaluate_test(cfg, data, result.model, device=device, features=features)
+                final = {k: float(v) for k, v in outcome.metrics.items()}
+                tracker.log_metrics(final, step=result.epoch)
+                report.update(final)
+            tracker.log_artifacts(_write_artifacts(trial_dir / "artifacts", cfg, final, outcome))
+            tracker.terminate("FINISHED")
+            delivered = tracker.flush_with_retries()
+        else:
+            delivered = tracker.flush()
+        report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
+                       "mlflow_run_id": tracker.run_id or "", "trial_key": trial_id,
+                       "variant": tags["emmil.variant"], "seed": cfg.seed,
+                       "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device)})
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"state": result.state(), "run_id": tracker.run_id}, Path(tmp) / CHECKPOINT_FILE)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None  # None: as many as the resources allow
+
+    def as_dict(self) -> dict[str, float]:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+def restorable(path: Path) -> bool:
+    """Tuner.restore works only once tuner.pkl AND an experiment_state-*.json exist (DESIGN.md 10)."""
+    return tune.Tuner.can_restore(str(path)) and any(path.glob("experiment_state-*.json"))
+
+
+class TrialProgress(tune.Callback):
+    """One line per finished/failed trial on stdout (Tune itself runs with verbose=0)."""
+
+    def __init__(self, total: int, label: str = "trial"):
+        self.total, self.label, self.done, self.start = total, label, 0, time.time()
+
+    def _line(self, trial, word: str, result: Mapping | None) -> None:
+        result = result or {}
+        name = result.get("trial_key") or trial.config.get("trial", {}).get("name") or trial.trial_id
+        bits = [f"[{self.done}/{self.total or '?'}] {self.label} {name} {word}", f"{time.time() - self.start:6.1f}s"]
+        if "epoch" in result:
+            bits.append(f"epoch {result['epoch']}/{result.get('total_epochs', '?')}")
+        for key in ("test_avg_mAP", "test_mAP_0.50", "val_avg_mAP"):
+            if isinstance(result.get(key), float):
+                bits.append(f"{key}={result[key]:.4f}")
+        print("  ".join(bits), flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        self._line(trial, "done", trial.last_result)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        self._line(trial, "FAILED", trial.last_result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(f"  {self.label} {trial.trial_id}: failed, retrying from its last checkpoint", flush=True)
+
+
+def tune_trials(
+    load_data: Callable[[], Any],
+    *,
+    name: str,
+    storage: Path,
+    param_space: Mapping[str, Any] | None,
+    resources: Resources,
+    resume: bool,
+    max_failures: int = 2,
+    num_samples: int = 1,
+    metric: str | None = None,
+    mode: str | None = None,
+    search_alg=None,
+    scheduler=None,
+    progress_total: int = 0,
+    progress_label: str = "trial",
+):
+    """Run (or, with resume, restore and finish) one Tune experiment at storage/name; ResultGrid.
+
+    `load_data()` is called once; its result is put into the object store by `tune.with_parameters`
+    and the driver keeps no reference to it (only the ObjectRef lives on).
+    """
+    trainable = tune.with_parameters(tune.with_resources(emmil_trial, resources.as_dict()), data=load_data())
+    path = storage / name
+    if resume and restorable(path):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        return tuner.fit()
+    tune_config = tune.TuneConfig(
+        metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+        max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
+    )
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[TrialProgress(progress_total, progress_label)],
+        log_to_file=True,
+    )
+    tuner = tune.Tuner(trainable, param_space=dict(param_space or {}), tune_config=tune_config,
+                       run_config=run_config)
+    return tuner.fit()
+
+
+def result_rows(grid) -> list[dict[str, Any]]:
+    """One dict per trial: its last reported metrics, status and error (for summaries)."""
+    rows = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        metrics["error"] = repr(result.error) if result.error else ""
+        metrics["search"] = dict((result.config or {}).get("search") or {})
+        metrics.setdefault("trial_key", ((result.config or {}).get("trial") or {}).get("trial_id") or "")
+        rows.append(metrics)
+    return rows

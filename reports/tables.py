@@ -1,0 +1,390 @@
+"""The paper's tables rebuilt from tracked runs: pure functions of the run table (reports/runs.py).
+
+Units: runs log mAP as fractions in [0, 1]; tables print percent with one decimal (like the paper),
+the CSVs keep the fractions. Every table covers ONE block = (dataset, data_source, eval_protocol):
+rows measured on different datasets or on different feature sources are never merged, and the
+data source is printed in every row beside the published rows ("paper, real I3D features").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+import yaml
+
+from emmil.errors import DataError
+from reports.document import Table
+from reports.stats import mean_std, paired_difference
+
+PUBLISHED_PATH = Path(__file__).with_name("published.yaml")
+BLOCK_KEYS = ("dataset", "data_source", "eval_protocol")
+ROW_KEYS = ("stage", "variant", "config_group")
+BASELINE_VARIANT = "full"
+ATTENTION_VARIANTS = ("attention-mil", "no-pseudo-label")  # attention-based baselines (Figure 5 beside full)
+
+# (published.yaml key, column header, metric key): Table 1 (THUMOS14) and Table 2 (ActivityNet1.2) columns.
+MAP_COLUMNS = {
+    "thumos14": tuple((f"{t:.1f}", f"{t:.1f}", f"test_mAP_{t:.2f}") for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7))
+    + (("avg", "avg 0.1:0.7", "test_avg_mAP"),),
+    "anet12": (("0.5", "0.5", "test_mAP_0.50"), ("0.7", "0.7", "test_mAP_0.70"), ("0.75", "0.75", "test_mAP_0.75"),
+               ("0.9", "0.9", "test_mAP_0.90"), ("0.95", "0.95", "test_mAP_0.95"),
+               ("avg", "avg 0.5:0.95", "test_avg_mAP")),
+}
+DATASET_TITLES = {"thumos14": "THUMOS14", "anet12": "ActivityNet1.2"}
+TABLE_NUMBER = {"thumos14": 1, "anet12": 2}
+# Headline metrics of the paired comparison and the high-tIoU columns of the completeness table.
+PAIRED_METRICS = (("mAP@0.5", "test_mAP_0.50"), ("avg mAP", "test_avg_mAP"))
+HIGH_TIOU = {"thumos14": (0.5, 0.6, 0.7), "anet12": (0.75, 0.9, 0.95)}
+
+
+# ---------------------------------------------------------------- published numbers
+@dataclass(frozen=True)
+class PublishedRow:
+    method: str
+    dataset: str  # "thumos14" | "anet12"
+    values: Mapping[str, float]  # published.yaml key ("0.1", ..., "avg") -> percent
+    source: str  # paper + table
+    is_emmil: bool
+
+
+@dataclass(frozen=True)
+class Published:
+    data_label: str  # "paper, real I3D features"
+    rows: tuple[PublishedRow, ...]
+    ablation: Mapping[str, float]  # variant -> Table 3 mAP@0.5 (percent)
+    ablation_names: Mapping[str, str]  # variant -> the paper's row name
+    ablation_source: str
+
+
+def load_published(path: Path | str = PUBLISHED_PATH) -> Published:
+    """Parse reports/published.yaml; a malformed entry raises DataError naming the file and key."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read published results: {exc}") from None
+    if not isinstance(doc, dict) or "methods" not in doc or "data_label" not in doc:
+        raise DataError(f"{path}: expected top-level keys 'data_label' and 'methods'")
+    rows, ablation, names, abl_source = [], {}, {}, ""
+    for i, m in enumerate(doc["methods"]):
+        where = f"{path}: methods[{i}]"
+        if not isinstance(m, dict) or "name" not in m:
+            raise DataError(f"{where}: missing 'name'")
+        for dataset in MAP_COLUMNS:
+            if dataset not in m:
+                continue
+            entry = m[dataset]
+            allowed = {k for k, _, _ in MAP_COLUMNS[dataset]}
+            if not isinstance(entry, dict) or not entry.get("source") or not isinstance(entry.get("map"), dict):
+                raise DataError(f"{where} ({m['name']}).{dataset}: needs 'source' (paper + table) and 'map'")
+            values = {}
+            for key, value in entry["map"].items():
+                if str(key) not in allowed:
+                    raise DataError(f"{where} ({m['name']}).{dataset}.map: unknown tIoU key {key!r}; "
+                                    f"expected one of {sorted(allowed)}")
+                if not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    raise DataError(f"{where} ({m['name']}).{dataset}.map[{key}]: {value!r} is not a percent")
+                values[str(key)] = float(value)
+            rows.append(PublishedRow(m["name"], dataset, values, entry["source"], bool(m.get("is_emmil"))))
+        if "ablation" in m:
+            ablation = {str(k): float(v) for k, v in m["ablation"]["map_at_0.5"].items()}
+            names = dict(m["ablation"].get("paper_names", {}))
+            abl_source = m["ablation"]["source"]
+    return Published(doc["data_label"], tuple(rows), ablation, names, abl_source)
+
+
+# ---------------------------------------------------------------- formatting
+def pct(value: float) -> str:
+    """Fraction -> percent with one decimal; '' for a missing value."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def pct_mean_std(values) -> str:
+    """'30.5 ± 0.8' (percent) from fractions; just the mean when n == 1; '' when none."""
+    ms = mean_std(values)
+    if ms.n == 0:
+        return ""
+    if ms.n == 1:
+        return pct(ms.mean)
+    return f"{pct(ms.mean)} ± {pct(ms.std)}"
+
+
+def signed_pct(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def file_key(*parts: str) -> str:
+    text = "_".join(parts).lower()
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[:80]
+
+
+# ---------------------------------------------------------------- grouping
+def blocks(runs: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
+    """The runs split by (dataset, data_source, eval_protocol), in a stable order."""
+    if runs.empty:
+        return []
+    return [(key, df) for key, df in runs.groupby(list(BLOCK_KEYS), sort=True)]
+
+
+def row_groups(block: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
+    """The rows of one block: (stage, variant, config_group), `full` first inside a stage."""
+    groups = list(block.groupby(list(ROW_KEYS), sort=True))
+    return sorted(groups, key=lambda g: (g[0][0], g[0][1] != BASELINE_VARIANT, g[0][1], g[0][2]))
+
+
+def row_labels(block: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """Display label per row group: the variant, plus the config hash when a variant has several configs."""
+    groups = [k for k, _ in row_groups(block)]
+    labels = {}
+    for stage, variant, cfg in groups:
+        same = [g for g in groups if g[0] == stage and g[1] == variant]
+        labels[(stage, variant, cfg)] = variant if len(same) == 1 else f"{variant} [cfg {cfg}]"
+    return labels
+
+
+def metric_values(group: pd.DataFrame, metric: str) -> list[float]:
+    if metric not in group:
+        return []
+    return [float(v) for v in group[metric] if not pd.isna(v)]
+
+
+def seed_map(group: pd.DataFrame, metric: str) -> dict[int, float]:
+    """seed -> metric for one row group (a config has one run per seed)."""
+    out = {}
+    for seed, value in zip(group["seed"], group[metric] if metric in group else [math.nan] * len(group)):
+        if pd.isna(value):
+            continue
+        if int(seed) in out:
+            raise DataError(f"two finished runs with seed {seed} in one configuration "
+                            f"({group['variant'].iloc[0]}, run ids {list(group['run_id'])})")
+        out[int(seed)] = float(value)
+    return out
+
+
+def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Full-precision summary: one row per (block, stage, variant, config_group); mean/std/n per test metric."""
+    metrics = sorted(c for c in runs.columns if c.startswith("test_")) if not runs.empty else []
+    out = []
+    for key, block in blocks(runs):
+        for rkey, group in row_groups(block):
+            row = dict(zip(BLOCK_KEYS + ROW_KEYS, key + rkey))
+            row["n"] = len(group)
+            row["seeds"] = " ".join(str(s) for s in sorted(group["seed"]))
+            for m in metrics:
+                ms = mean_std(metric_values(group, m))
+                row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = ms.mean, ms.std, ms.n
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _has_search_stages(runs: pd.DataFrame) -> bool:
+    return bool((runs["stage"] != "ablation").any())
+
+
+def _synthetic_note(data_source: str, data_label: str) -> tuple[str, ...]:
+    if data_source.startswith("real"):
+        return (f"This bench's rows: {data_source}.",)
+    return (
+        f"This bench's rows were measured on: {data_source}. They are NOT a reproduction of the paper; "
+        f"the rows marked '{data_label}' are published numbers on the real features, shown for context.",
+    )
+
+
+# ---------------------------------------------------------------- Table 1 / Table 2
+def map_table(key: tuple[str, str, str], block: pd.DataFrame, published: Published) -> Table:
+    """Table 1 (THUMOS14) or Table 2 (ActivityNet1.2) style: mAP (%) per tIoU, mean ± std over seeds."""
+    dataset, data_source, protocol = key
+    spec = MAP_COLUMNS[dataset]
+    show_stage = _has_search_stages(block)
+    columns = ("Method", "Data") + (("Stage",) if show_stage else ()) + ("n",) + tuple(h for _, h, _ in spec)
+    labels = row_labels(block)
+    rows, data = [], []
+    for rkey, group in row_groups(block):
+        cells = [labels[rkey], data_source] + ([rkey[0]] if show_stage else []) + [str(len(group))]
+        cells += [pct_mean_std(metric_values(group, m)) for _, _, m in spec]
+        rows.append(tuple(cells))
+        data.append({"method": labels[rkey], "data": data_source, "stage": rkey[0], "n": len(group),
+                     **{m: mean_std(metric_values(group, m)).mean for _, _, m in spec}})
+    rule = len(rows)
+    for p in (p for p in published.rows if p.dataset == dataset):
+        cells = [p.method, published.data_label] + ([""] if show_stage else []) + [""]
+        cells += [f"{p.values[k]:.1f}" if k in p.values else "" for k, _, _ in spec]
+        rows.append(tuple(cells))
+        data.append({"method": p.method, "data": published.data_label, "stage": "", "n": math.nan,
+                     **{m: p.values.get(k, math.nan) / 100 for k, _, m in spec}})
+    notes = _synthetic_note(data_source, published.data_label) + (
+        f"Evaluation protocol: {protocol}. Cells: mean ± sample std over seeds (n runs), mAP in percent; "
+        "an empty published cell was not reported by that paper.",
+        "Published sources: " + "; ".join(f"{p.method}: {p.source}" for p in published.rows if p.dataset == dataset),
+    )
+    n = TABLE_NUMBER[dataset]
+    return Table(
+        key=file_key(f"table{n}", dataset, data_source, protocol),
+        title=f"Table {n} style: {DATASET_TITLES[dataset]} detection mAP (%) by tIoU, this bench on {data_source}",
+        columns=columns, rows=tuple(rows), notes=notes, rule_before=(rule,), data=pd.DataFrame(data),
+    )
+
+
+# ---------------------------------------------------------------- paired differences vs full
+@dataclass(frozen=True)
+class BaselineChoice:
+    key: tuple[str, str, str] | None  # (stage, variant, config_group) of the `full` rows compared against
+    note: str
+
+
+def choose_baseline(block: pd.DataFrame, stage: str) -> BaselineChoice:
+    """The `full` row group of a stage; with several configs, the one with most seeds (stated)."""
+    fulls = [(k, g) for k, g in row_groups(block) if k[0] == stage and k[1] == BASELINE_VARIANT]
+    if not fulls:
+        return BaselineChoice(None, f"stage {stage}: no '{BASELINE_VARIANT}' runs, so no paired differences")
+    best = max(fulls, key=lambda kg: len(kg[1]))
+    note = "" if len(fulls) == 1 else (
+        f"stage {stage}: {len(fulls)} '{BASELINE_VARIANT}' configurations; compared against cfg {best[0][2]} "
+        f"(most seeds, n={len(best[1])})")
+    return BaselineChoice(best[0], note)
+
+
+def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
+    """Each row group minus `full`, paired by seed: mean difference (points) and 95% t-interval."""
+    dataset, data_source, protocol = key
+    labels = row_labels(block)
+    groups = dict(row_groups(block))
+    rows, data, notes = [], [], []
+    for stage in sorted({k[0] for k in groups}):
+        choice = choose_baseline(block, stage)
+        if choice.note:
+            notes.append(choice.note)
+        if choice.key is None:
+            continue
+        base = groups[choice.key]
+        for rkey, group in groups.items():
+            if rkey[0] != stage or rkey == choice.key:
+                continue
+            for metric_name, metric in PAIRED_METRICS:
+                d = paired_difference(seed_map(group, metric), seed_map(base, metric))
+                if d.n == 0:
+                    ci, verdict = "no seeds in common", "n/a"
+                elif not d.has_ci:
+                    ci, verdict = f"no CI (n={d.n} < 2)", "undetermined"
+                else:
+                    ci = f"[{signed_pct(d.low)}, {signed_pct(d.high)}]"
+                    verdict = "better" if d.low > 0 else "worse" if d.high < 0 else "not distinguishable"
+                rows.append((labels[rkey], f"{labels[choice.key]}", data_source, metric_name, str(d.n),
+                             "" if d.n == 0 else signed_pct(d.mean), ci, verdict))
+                data.append({"variant": labels[rkey], "baseline": labels[choice.key], "data": data_source,
+                             "stage": stage, "metric": metric, "n": d.n, "seeds": " ".join(map(str, d.seeds)),
+                             "mean_diff": d.mean, "std_diff": d.std, "ci_low": d.low, "ci_high": d.high})
+    notes = [
+        f"{DATASET_TITLES[dataset]}, {data_source}, protocol {protocol}. Difference = variant - baseline in mAP "
+        "points, paired by seed (only seeds present in both); 95% Student-t interval on the mean difference "
+        "(t_{0.975, n-1} * sd / sqrt(n)). 'better' / 'worse' only when the interval excludes 0; n < 2 gives no "
+        "interval.",
+    ] + notes
+    return Table(
+        key=file_key("paired", dataset, data_source, protocol),
+        title=f"Paired differences vs '{BASELINE_VARIANT}' ({DATASET_TITLES[dataset]}, {data_source})",
+        columns=("Variant", "Baseline", "Data", "Metric", "n pairs", "Mean diff (pts)", "95% CI (pts)", "Verdict"),
+        rows=tuple(rows), notes=tuple(notes), data=pd.DataFrame(data),
+    )
+
+
+# ---------------------------------------------------------------- Table 3 (ablation)
+def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Published) -> Table:
+    """Table 3 style: mAP@0.5 per variant, the paper's 24.5 / 26.8 / 30.5 (THUMOS14, real I3D) beside it."""
+    dataset, data_source, protocol = key
+    labels = row_labels(block)
+    groups = dict(row_groups(block))
+    rows, data = [], []
+    for rkey, group in groups.items():
+        variant = rkey[1]
+        paper = published.ablation.get(variant) if dataset == "thumos14" else None
+        choice = choose_baseline(block, rkey[0])
+        diff = ""
+        if choice.key is not None and rkey != choice.key:
+            d = paired_difference(seed_map(group, "test_mAP_0.50"), seed_map(groups[choice.key], "test_mAP_0.50"))
+            diff = (f"{signed_pct(d.mean)} [{signed_pct(d.low)}, {signed_pct(d.high)}] (n={d.n})" if d.has_ci
+                    else "" if d.n == 0 else f"{signed_pct(d.mean)} (n={d.n}, no CI)")
+        rows.append((labels[rkey], published.ablation_names.get(variant, "") if dataset == "thumos14" else "",
+                     data_source, str(len(group)), pct_mean_std(metric_values(group, "test_mAP_0.50")), diff,
+                     "" if paper is None else f"{paper:.1f}"))
+        data.append({"variant": labels[rkey], "data": data_source, "n": len(group),
+                     "test_mAP_0.50": mean_std(metric_values(group, "test_mAP_0.50")).mean,
+                     "paper_mAP_0.50": math.nan if paper is None else paper / 100})
+    paper_col = f"Paper mAP@0.5 ({published.data_label})"
+    notes = _synthetic_note(data_source, published.data_label) + (
+        f"Paper column: {published.ablation_source}; only THUMOS14 has published ablation numbers.",)
+    return Table(
+        key=file_key("table3", dataset, data_source, protocol),
+        title=f"Table 3 style ablation: {DATASET_TITLES[dataset]} mAP@0.5 (%) per variant, this bench on {data_source}",
+        columns=("Variant", "Paper row", "Data", "n", "mAP@0.5 (this bench)", "vs full: diff [95% CI]", paper_col),
+        rows=tuple(rows), notes=notes, data=pd.DataFrame(data),
+    )
+
+
+# ---------------------------------------------------------------- completeness
+def completeness_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
+    """The paper's completeness claim: mean test_coverage and mAP at high tIoU per variant."""
+    dataset, data_source, protocol = key
+    labels = row_labels(block)
+    high = HIGH_TIOU[dataset]
+    rows, data = [], []
+    for rkey, group in row_groups(block):
+        cov = metric_values(group, "test_coverage")
+        cells = [labels[rkey], data_source, str(len(group)), pct_mean_std(cov)]
+        cells += [pct_mean_std(metric_values(group, f"test_mAP_{t:.2f}")) for t in high]
+        rows.append(tuple(cells))
+        data.append({"variant": labels[rkey], "data": data_source, "n": len(group),
+                     "test_coverage": mean_std(cov).mean,
+                     **{f"test_mAP_{t:.2f}": mean_std(metric_values(group, f"test_mAP_{t:.2f}")).mean for t in high}})
+    return Table(
+        key=file_key("completeness", dataset, data_source, protocol),
+        title=f"Completeness: ground-truth coverage and high-tIoU mAP ({DATASET_TITLES[dataset]}, {data_source})",
+        columns=("Variant", "Data", "n", "Coverage (%)") + tuple(f"mAP@{t:g}" for t in high),
+        rows=tuple(rows),
+        notes=("Coverage: mean over ground-truth segments of the fraction covered by the best-overlapping "
+               "same-class prediction (emmil.evaluate.segment_coverage), mean ± std over seeds. The paper "
+               "argues EM-MIL's proposals are more complete: higher coverage and higher mAP at high tIoU.",),
+        data=pd.DataFrame(data),
+    )
+
+
+# ---------------------------------------------------------------- provenance
+def _uniq(values) -> str:
+    vals = sorted({str(v) for v in values if str(v)})
+    return "; ".join(vals) if vals else "(not tagged)"
+
+
+def provenance_table(runs: pd.DataFrame) -> Table:
+    """Command, config hash, git commit, dataset, data source and eval protocol behind every row."""
+    rows, data = [], []
+    for key, block in blocks(runs):
+        labels = row_labels(block)
+        for rkey, group in row_groups(block):
+            cells = (labels[rkey], rkey[0], key[0], key[1], key[2], _uniq(group["command"]),
+                     _uniq(group["config_hash"]), _uniq(group["git_commit"]),
+                     " ".join(sorted(r[:8] for r in group["run_id"])))
+            rows.append(cells)
+            data.append(dict(zip(("variant", "stage", "dataset", "data_source", "eval_protocol", "commands",
+                                  "config_hashes", "git_commits", "run_ids"),
+                                 cells[:8] + (" ".join(sorted(group["run_id"])),))))
+    return Table(
+        key="provenance",
+        title="Provenance of every row",
+        columns=("Variant", "Stage", "Dataset", "Data", "Protocol", "Command", "Config hash(es)", "Git commit(s)",
+                 "Runs (id prefix)"),
+        rows=tuple(rows), data=pd.DataFrame(data),
+        notes=("From the runs' tags (emmil.command, emmil.config_hash, emmil.git_commit, emmil.dataset, "
+               "emmil.data_source, emmil.eval_protocol). Config hashes differ between seeds when the seed is "
+               "part of the hashed config; rows group runs by their params without seed/device.",),
+    )
+
+
+def excluded_table(excluded: pd.DataFrame) -> Table:
+    rows = tuple((r.run_id, r.experiment, str(r.variant), str(r.seed), str(r.stage), r.reason)
+                 for r in excluded.itertuples())
+    return Table(key="excluded", title="Trial runs not in the tables",
+                 columns=("Run", "Experiment", "Variant", "Seed", "Stage", "Reason"), rows=rows, data=excluded)
