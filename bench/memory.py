@@ -100,15 +100,25 @@ def part_a(args, data_dir: Path, work: Path, concurrency: list[int]) -> dict:
     return out
 
 
-def _trial(dataset, epochs: int, preset: str) -> float:
-    """One short training run on `dataset` (what a trial does with its data)."""
+def _trial(dataset, epochs: int, preset: str, shared: bool) -> float:
+    """One short training run on `dataset`, feeding fit() the features as the harness's trial does:
+    shared -> harness.ray_tune.shared_features (a zero-copy tensor over the object store's read-only
+    buffer); private -> the core's own dataset_tensor (zero-copy over this process's writable array)."""
+    import torch
+
     from emmil.config import resolve_config
-    from emmil.train import fit
+    from emmil.train import dataset_tensor, fit
 
     cfg = resolve_config("thumos14", preset=preset, seed=0,
                          overrides={"train.epochs": epochs, "device": "cpu"})
+    if shared:
+        from harness.ray_tune import shared_features
+
+        features = shared_features(dataset, torch.device("cpu"))
+    else:
+        features = dataset_tensor(dataset, torch.device("cpu"))
     start = time.perf_counter()
-    for _ in fit(cfg, dataset):
+    for _ in fit(cfg, dataset, features=features):
         pass
     return time.perf_counter() - start
 
@@ -126,11 +136,11 @@ def part_b(args, data_dir: Path, concurrency: list[int], nbytes: int) -> dict:
         # max_calls=1: every task gets a fresh worker process, so one mode's memory never leaks into the next.
         @ray.remote(max_calls=1)
         def shared_trial(dataset, epochs, preset):
-            return _trial(dataset, epochs, preset)
+            return _trial(dataset, epochs, preset, True)
 
         @ray.remote(max_calls=1)
         def private_trial(path, epochs, preset):
-            return _trial(load_dataset("thumos14", Path(path)), epochs, preset)
+            return _trial(load_dataset("thumos14", Path(path)), epochs, preset, False)
 
         dataset = load_dataset("thumos14", data_dir)
         ref = ray.put(dataset)

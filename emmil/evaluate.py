@@ -467,10 +467,15 @@ def segment_coverage(ground_truth: Mapping, predictions: Mapping, subset: str | 
     pred = _prediction_table(predictions, "predictions")
     if len(gt.label) == 0:
         raise DataError(f"segment_coverage: no ground-truth segments{'' if subset is None else f' in subset {subset!r}'}")
-    groups: dict[tuple[str, str], np.ndarray] = {}
-    pv, pl = pred.video, pred.label
-    for key in set(zip(pv.tolist(), pl.tolist())):
-        groups[(pred.video_names[key[0]], pred.label_names[key[1]])] = np.flatnonzero((pv == key[0]) & (pl == key[1]))
+    # Prediction indices grouped by (video, label): one sort instead of a scan per group.
+    key = pred.video * max(len(pred.label_names), 1) + pred.label
+    order = np.argsort(key, kind="stable")
+    uniq, first = np.unique(key[order], return_index=True)
+    chunks = np.split(order, first[1:])
+    nl = max(len(pred.label_names), 1)
+    groups = {
+        (pred.video_names[k // nl], pred.label_names[k % nl]): idx for k, idx in zip(uniq.tolist(), chunks)
+    }
     covered = np.zeros(len(gt.label))
     for i in range(len(gt.label)):
         idx = groups.get((gt.video_names[gt.video[i]], gt.label_names[gt.label[i]]))

@@ -67,7 +67,7 @@ def map_vs_tiou_figure(key, block: pd.DataFrame, published: tables.Published) ->
                           plots.nan_list(len(xs)), 0)
     png = plots.curves_plot(curves, reference=ref, xlabel="tIoU threshold", ylabel="test mAP (%)",
                             title=f"mAP vs tIoU, mean ± std over seeds: {_block_name(key)}")
-    return Figure(tables.file_key("map_vs_tiou", *key),
+    return Figure(tables.block_key("map_vs_tiou", key),
                   f"mAP vs tIoU per variant (band: mean ± std over seeds) on {key[1]}; dashed: the paper's "
                   f"EM-MIL ({published.data_label}).", png)
 
@@ -89,9 +89,9 @@ def val_curve_figure(key, block: pd.DataFrame, tracking_uri: str) -> Figure | No
         stats = [mean_std(per_epoch[e]) for e in epochs]
         curves.append(plots.Curve(labels[rkey], epochs, tuple(100 * s.mean for s in stats),
                                   tuple(100 * s.std for s in stats), len(group)))
-    png = plots.curves_plot(curves, xlabel="epoch", ylabel=f"{VAL_METRIC} (%)",
+    png = plots.curves_plot(curves, xlabel="epoch", ylabel=f"{VAL_METRIC} (%)", integer_x=True,
                             title=f"Validation curves (held-out training videos): {_block_name(key)}")
-    return Figure(tables.file_key("val_curves", *key),
+    return Figure(tables.block_key("val_curves", key),
                   f"Per-epoch {VAL_METRIC} (MLflow metric history), mean ± std over seeds, on {key[1]}.", png)
 
 
@@ -121,7 +121,7 @@ def timeline_figure(key, block: pd.DataFrame, tracking_uri: str, tmp: str) -> tu
     png = plots.timelines_plot(per_variant, videos, title=f"Timelines (Figure 5 style): {_block_name(key)}")
     caption = (f"Fused score L_t (Eq. 9, blue), threshold (dashed), predicted segments (blue bars) and ground truth "
                f"(red bars) for test videos {', '.join(videos)}; variants {', '.join(per_variant)}; {key[1]}.")
-    return Figure(tables.file_key("timelines", *key), caption, png), notes
+    return Figure(tables.block_key("timelines", key), caption, png), notes
 
 
 # ---------------------------------------------------------------- sweeps

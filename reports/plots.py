@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -11,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emmil.errors import DataError  # noqa: E402
@@ -36,8 +38,12 @@ class Curve:
     n: int
 
 
+def wrap(title: str, width: int = 90) -> str:
+    return "\n".join(textwrap.wrap(title, width))
+
+
 def curves_plot(curves: Sequence[Curve], *, title: str, xlabel: str, ylabel: str,
-                reference: Curve | None = None) -> bytes:
+                reference: Curve | None = None, integer_x: bool = False) -> bytes:
     """Mean line per curve with a mean ± std seed band; an optional dashed reference (published) line."""
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     for i, c in enumerate(curves):
@@ -52,7 +58,9 @@ def curves_plot(curves: Sequence[Curve], *, title: str, xlabel: str, ylabel: str
                 label=reference.label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap(title), fontsize=9)
+    if integer_x:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7, loc="best")
@@ -159,7 +167,7 @@ def timelines_plot(per_variant: Mapping[str, Mapping[str, VideoTimeline]], video
             if row == 1:
                 ax.legend(fontsize=6, loc="upper right", ncol=2)
     axes[-1, 0].set_xlabel("time (s); top red bars: ground truth, bottom blue bars: predicted segments")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap(title, 110), fontsize=9)
     fig.tight_layout()
     return to_png(fig)
 

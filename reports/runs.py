@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -203,6 +204,7 @@ def metric_histories(tracking_uri: str, run_ids, key: str) -> dict[str, list[tup
 
 def load_json_artifact(tracking_uri: str, run_id: str, path: str, tmp_dir: str) -> dict | None:
     """A run's JSON artifact, or None when the run has no such artifact (the caller reports it)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in CLI output
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 

@@ -8,6 +8,7 @@ data source is printed in every row beside the published rows ("paper, real I3D 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,14 @@ def signed_pct(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
+def block_key(prefix: str, key: tuple[str, str, str]) -> str:
+    """File-safe id of a per-block table/figure: prefix_dataset_sourceword_hash6 (hash of the whole key)."""
+    dataset, data_source, _ = key
+    word = "semi-synthetic" if data_source.startswith("semi-synthetic") else data_source.split(" ")[0] or "unknown"
+    digest = hashlib.sha1("\x00".join(key).encode()).hexdigest()[:6]
+    return file_key(prefix, dataset, word, digest)
+
+
 def file_key(*parts: str) -> str:
     text = "_".join(parts).lower()
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[:80]
@@ -223,7 +232,7 @@ def map_table(key: tuple[str, str, str], block: pd.DataFrame, published: Publish
     )
     n = TABLE_NUMBER[dataset]
     return Table(
-        key=file_key(f"table{n}", dataset, data_source, protocol),
+        key=block_key(f"table{n}", key),
         title=f"Table {n} style: {DATASET_TITLES[dataset]} detection mAP (%) by tIoU, this bench on {data_source}",
         columns=columns, rows=tuple(rows), notes=notes, rule_before=(rule,), data=pd.DataFrame(data),
     )
@@ -285,7 +294,7 @@ def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
         "interval.",
     ] + notes
     return Table(
-        key=file_key("paired", dataset, data_source, protocol),
+        key=block_key("paired", key),
         title=f"Paired differences vs '{BASELINE_VARIANT}' ({DATASET_TITLES[dataset]}, {data_source})",
         columns=("Variant", "Baseline", "Data", "Metric", "n pairs", "Mean diff (pts)", "95% CI (pts)", "Verdict"),
         rows=tuple(rows), notes=tuple(notes), data=pd.DataFrame(data),
@@ -318,7 +327,7 @@ def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Pu
     notes = _synthetic_note(data_source, published.data_label) + (
         f"Paper column: {published.ablation_source}; only THUMOS14 has published ablation numbers.",)
     return Table(
-        key=file_key("table3", dataset, data_source, protocol),
+        key=block_key("table3", key),
         title=f"Table 3 style ablation: {DATASET_TITLES[dataset]} mAP@0.5 (%) per variant, this bench on {data_source}",
         columns=("Variant", "Paper row", "Data", "n", "mAP@0.5 (this bench)", "vs full: diff [95% CI]", paper_col),
         rows=tuple(rows), notes=notes, data=pd.DataFrame(data),
@@ -341,7 +350,7 @@ def completeness_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
                      "test_coverage": mean_std(cov).mean,
                      **{f"test_mAP_{t:.2f}": mean_std(metric_values(group, f"test_mAP_{t:.2f}")).mean for t in high}})
     return Table(
-        key=file_key("completeness", dataset, data_source, protocol),
+        key=block_key("completeness", key),
         title=f"Completeness: ground-truth coverage and high-tIoU mAP ({DATASET_TITLES[dataset]}, {data_source})",
         columns=("Variant", "Data", "n", "Coverage (%)") + tuple(f"mAP@{t:g}" for t in high),
         rows=tuple(rows),

@@ -1,0 +1,158 @@
+"""The benchmark suite's own plumbing (issue 7): scripts parse, helpers measure what they claim.
+
+The benchmarks themselves are run by bench/run_all.py and bench/gpu.sh, never as timed tests.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import common  # noqa: E402
+
+SCRIPTS = ["run_all.py", "harness_overhead.py", "memory.py", "scaling.py", "gpu_bench.py"]
+
+
+def test_gpu_script_is_valid_bash():
+    out = subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    help_text = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--cpu-smoke" in help_text.stdout
+    bad = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument --bogus" in bad.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_python_benchmarks_answer_help(script):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage:")
+
+
+def test_run_all_lists_every_issue_7_benchmark():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--list"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    names = [line.split()[0] for line in out.stdout.splitlines()]
+    assert names == ["synth_speed", "eval_speed", "train_speed", "harness_overhead", "memory", "scaling"]
+
+
+def test_parse_result_takes_the_last_json_object_line():
+    text = 'progress 1\n{"benchmark": "a", "x": 1}\n[1, 2]\n{"benchmark": "b", "x": 2}\nbye\n{broken\n'
+    # The last line that is a JSON object is the "b" line: the list and the broken line are not objects.
+    assert common.parse_result(text) == {"benchmark": "b", "x": 2}
+    assert common.parse_result("no json here\n") is None
+    assert common.parse_result("") is None
+
+
+def test_emit_result_prints_one_parseable_line(capsys):
+    record = common.emit_result("demo", {"ratio": 0.5})
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(line) == record == {"benchmark": "demo", "ratio": 0.5}
+
+
+def test_matmul_flops_is_a_positive_rate():
+    rate = common.matmul_flops(n=64, min_seconds=0.01, repeats=1)
+    # 2 * 64^3 = 524288 FLOP per product; any real machine does at least 1e6 FLOP/s.
+    assert 1e6 < rate < 1e16
+
+
+# A parent writes every page of a 48 MiB SHARED anonymous mapping, forks, and the child reads every page:
+# both map the same 48 MiB. RSS counts it once per process (2 x 48), PSS once in total (48/2 each),
+# USS not at all (no page is private to either process).
+_SHARED_PAGES = textwrap.dedent(
+    """
+    import mmap, os, sys, time
+    n = 48 * 2**20
+    m = mmap.mmap(-1, n, flags=mmap.MAP_SHARED)
+    for i in range(0, n, 4096):
+        m[i] = 1
+    r, w = os.pipe()
+    if os.fork() == 0:
+        s = sum(m[i] for i in range(0, n, 4096))
+        os.write(w, b"x")
+        time.sleep(30)
+        os._exit(0)
+    os.read(r, 1)
+    print("ready", flush=True)
+    time.sleep(30)
+    """
+)
+
+
+def test_tree_memory_counts_shared_pages_once_in_pss_and_twice_in_rss():
+    proc = subprocess.Popen([sys.executable, "-c", _SHARED_PAGES], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        both = common.tree_memory(proc.pid)
+        alone = common.tree_memory(proc.pid, select=lambda p: p.pid == proc.pid)
+    finally:
+        for child in common.tree_processes(proc.pid, include_root=False):
+            child.kill()
+        proc.kill()
+        proc.wait()
+    shared = 48 * 2**20
+    assert both.processes == 2 and alone.processes == 1
+    assert both.rss - both.pss > 0.9 * shared  # RSS: the 48 MiB twice; PSS: once
+    assert both.pss - both.uss > 0.9 * shared  # the shared pages are in PSS, not in USS
+    # Each process is charged half of the mapping (plus its share of the library pages it shares after fork).
+    assert 0.45 * shared < alone.pss - alone.uss < 0.75 * shared
+
+
+def test_peak_memory_sampler_keeps_the_maximum():
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "import time; b = b\"x\" * (64 * 2**20); time.sleep(0.8); del b; time.sleep(0.8)"])
+    with common.PeakMemory(proc.pid, interval=0.05) as peak:
+        proc.wait()
+    # The 64 MiB bytes object (filled with "x", so every page is touched: private pages) was alive for 0.8 s.
+    assert peak.samples >= 5
+    assert peak.peak_tree.uss > 64 * 2**20
+    assert peak.peak_workers.processes == 0  # no Ray worker in this tree
+
+
+def test_memory_growth_per_extra_trial():
+    from bench.memory import growth_per_trial
+
+    # Peaks 100 (1 trial), 150 (2), 250 (4): (250 - 100) / (4 - 1) = 50 per extra trial.
+    assert growth_per_trial({1: 100, 2: 150, 4: 250}) == 50
+    assert growth_per_trial({1: 100}) is None
+
+
+def test_nvidia_smi_summary(tmp_path):
+    from bench.gpu_bench import summarise_nvidia_smi
+
+    log = tmp_path / "smi.csv"
+    log.write_text("2026/01/01 00:00:00.000, 0, 0, 500\n"
+                   "2026/01/01 00:00:00.500, 0, 50, 9000\n"
+                   "2026/01/01 00:00:01.000, 0, 100, 12000\n"
+                   "2026/01/01 00:00:01.500, 0, [N/A], [N/A]\n")
+    # Three valid samples: mean (0 + 50 + 100) / 3 = 50, max 100, two of three busy, memory max 12000.
+    assert summarise_nvidia_smi(log) == {"samples": 3, "util_mean_pct": 50.0, "util_max_pct": 100.0,
+                                         "busy_fraction": 0.667, "memory_used_max_mib": 12000.0}
+
+
+def test_gpu_bench_train_cpu_smoke(tmp_path):
+    from emmil.data.synth import write_synthetic
+
+    data = write_synthetic("thumos14", tmp_path / "data", dim=8, seed=0, max_videos=12)
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "train", "--data-dir", str(data), "--device", "cpu",
+         "--preset", "quick", "--epochs", "2", "--matmul-n", "64", "--step-repeats", "2", "--compile", "off",
+         "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["benchmark"] == "gpu_train" and result["device"] == "cpu" and result["epochs"] == 2
+    assert result["seconds_per_run"] > 0 and result["run_flop"] > 0
+    assert result["ratio_vs_fp32_matmul"] == pytest.approx(
+        result["run_flop"] / result["seconds_per_run"] / result["matmul_flops_per_s"]["fp32"], rel=0.02)
+    assert result["step"]["fp32_ms"] > 0
+    assert time.perf_counter() - start < 60
