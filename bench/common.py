@@ -198,6 +198,7 @@ class PeakMemory:
         self.interval = interval
         self.samples = 0
         self._peak = {"tree": [0, 0, 0, 0], "workers": [0, 0, 0, 0]}
+        self.per_worker: dict[int, tuple[str, int, int, int]] = {}  # Ray worker pid -> (name, peak uss, pss, rss)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -218,9 +219,20 @@ class PeakMemory:
             if is_ray_worker(proc):
                 for i, v in enumerate((*m, 1)):
                     workers[i] += v
+                try:
+                    name = proc.name()
+                except psutil.Error:
+                    name = "?"
+                prev = self.per_worker.get(proc.pid, (name, 0, 0, 0))
+                self.per_worker[proc.pid] = (name, *(max(a, b) for a, b in zip(prev[1:], m)))
         for key, cur in (("tree", tree), ("workers", workers)):
             self._peak[key] = [max(a, b) for a, b in zip(self._peak[key], cur)]
         self.samples += 1
+
+    def top_workers(self, count: int) -> list[MemorySample]:
+        """The `count` Ray workers with the highest peak USS (the trials' workers), one sample each."""
+        ranked = sorted(self.per_worker.values(), key=lambda w: w[1], reverse=True)[:count]
+        return [MemorySample(uss=u, pss=p, rss=r, processes=1) for _, u, p, r in ranked]
 
     @property
     def peak_tree(self) -> MemorySample:
@@ -351,13 +363,14 @@ def write_experiment(path: Path, *, base: str = "table3", overrides: dict | None
 
 def ablate_command(experiment: str | Path, *, data_dir: Path, results: Path, seeds: int, max_concurrent: int,
                    cpus_per_trial: float, gpus_per_trial: float = 0.0, preset: str = "quick",
-                   dataset: str = "thumos14") -> list[str]:
-    """The `emmil ablate` command line of docs/CONTRACTS.md / the issue."""
+                   dataset: str = "thumos14", no_report: bool = True) -> list[str]:
+    """The `emmil ablate` command line of docs/CONTRACTS.md / the issue (without the end-of-run report:
+    building tables and plots is post-processing, not per-trial harness cost)."""
     return [
         emmil_exe(), "ablate", str(experiment), "--dataset", dataset, "--data-dir", str(data_dir),
         "--preset", preset, "--seeds", str(seeds), "--max-concurrent", str(max_concurrent),
         "--results", str(results), "--cpus-per-trial", f"{cpus_per_trial:g}",
-        "--gpus-per-trial", f"{gpus_per_trial:g}",
+        "--gpus-per-trial", f"{gpus_per_trial:g}", *(["--no-report"] if no_report else []),
     ]
 
 

@@ -83,6 +83,14 @@ def affordable(c: int, per_trial_bytes: int) -> bool:
     return c * per_trial_bytes < 0.7 * psutil.virtual_memory().available
 
 
+def _mean_sample(samples) -> dict:
+    """Mean USS/PSS/RSS (MiB) of per-trial samples."""
+    if not samples:
+        return {}
+    n = len(samples)
+    return {k: mib(sum(getattr(x, k) for x in samples) / n) for k in ("uss", "pss", "rss")}
+
+
 def part_a(args, data_dir: Path, work: Path, concurrency: list[int]) -> dict:
     experiment = write_experiment(work / "bench-memory.yaml", overrides={"train.epochs": args.epochs},
                                   variants=["full"])
@@ -95,15 +103,43 @@ def part_a(args, data_dir: Path, work: Path, concurrency: list[int]) -> dict:
         print("running:", " ".join(cmd), flush=True)
         run, peak = run_command(cmd, log_path=work / f"ablate-c{c}.log", timeout=args.timeout)
         out[c] = {"wall_seconds": round(run.seconds, 1), "tree": memory_dict(peak.peak_tree),
-                  "workers": memory_dict(peak.peak_workers), "samples": peak.samples}
-        print(f"A c={c}: tree {out[c]['tree']}, workers {out[c]['workers']}", flush=True)
+                  "workers": memory_dict(peak.peak_workers), "per_trial": _mean_sample(peak.top_workers(c)),
+                  "samples": peak.samples}
+        print(f"A c={c}: tree {out[c]['tree']}, per trial {out[c]['per_trial']}", flush=True)
     return out
 
 
-def _trial(dataset, epochs: int, preset: str, shared: bool) -> float:
-    """One short training run on `dataset`, feeding fit() the features as the harness's trial does:
-    shared -> harness.ray_tune.shared_features (a zero-copy tensor over the object store's read-only
-    buffer); private -> the core's own dataset_tensor (zero-copy over this process's writable array)."""
+class _SelfPeak:
+    """Peak USS/PSS/RSS of the current process, sampled every 0.1 s in a thread (inside a trial)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = [0, 0, 0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            info = me.memory_full_info()
+            self.peak = [max(a, int(b)) for a, b in zip(self.peak, (info.uss, info.pss, info.rss))]
+            self._stop.wait(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _trial(get_dataset, epochs: int, preset: str, shared: bool) -> dict:
+    """One short training run, feeding fit() the features as the harness's trial does: shared ->
+    harness.ray_tune.shared_features (a zero-copy tensor over the object store's read-only buffer);
+    private -> the core's dataset_tensor over this process's own loaded array. Returns the trial
+    process's own peak USS/PSS/RSS (bytes), from before the data is obtained to the end of fit()."""
     import torch
 
     from emmil.config import resolve_config
@@ -111,16 +147,19 @@ def _trial(dataset, epochs: int, preset: str, shared: bool) -> float:
 
     cfg = resolve_config("thumos14", preset=preset, seed=0,
                          overrides={"train.epochs": epochs, "device": "cpu"})
-    if shared:
-        from harness.ray_tune import shared_features
+    with _SelfPeak() as peak:
+        dataset = get_dataset()
+        if shared:
+            from harness.ray_tune import shared_features
 
-        features = shared_features(dataset, torch.device("cpu"))
-    else:
-        features = dataset_tensor(dataset, torch.device("cpu"))
-    start = time.perf_counter()
-    for _ in fit(cfg, dataset, features=features):
-        pass
-    return time.perf_counter() - start
+            features = shared_features(dataset, torch.device("cpu"))
+        else:
+            features = dataset_tensor(dataset, torch.device("cpu"))
+        start = time.perf_counter()
+        for _ in fit(cfg, dataset, features=features):
+            pass
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "uss": peak.peak[0], "pss": peak.peak[1], "rss": peak.peak[2]}
 
 
 def part_b(args, data_dir: Path, concurrency: list[int], nbytes: int) -> dict:
@@ -133,34 +172,33 @@ def part_b(args, data_dir: Path, concurrency: list[int], nbytes: int) -> dict:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=max(256 * 2**20, int(nbytes * 1.5) + 128 * 2**20))
     try:
-        # max_calls=1: every task gets a fresh worker process, so one mode's memory never leaks into the next.
-        @ray.remote(max_calls=1)
+        @ray.remote
         def shared_trial(dataset, epochs, preset):
-            return _trial(dataset, epochs, preset, True)
+            return _trial(lambda: dataset, epochs, preset, True)
 
-        @ray.remote(max_calls=1)
+        @ray.remote
         def private_trial(path, epochs, preset):
-            return _trial(load_dataset("thumos14", Path(path)), epochs, preset, False)
+            return _trial(lambda: load_dataset("thumos14", Path(path)), epochs, preset, False)
 
         dataset = load_dataset("thumos14", data_dir)
         ref = ray.put(dataset)
         del dataset  # the driver keeps no copy: the object store holds the only one
-        idle = tree_memory(os.getpid())
-        out: dict = {"idle_tree": memory_dict(idle), "shared": {}, "private": {}}
+        out: dict = {"idle_tree": memory_dict(tree_memory(os.getpid())), "shared": {}, "private": {}}
         for mode in ("shared", "private"):
             for c in concurrency:
-                if mode == "private" and not affordable(c, nbytes + 512 * 2**20):
+                if mode == "private" and not affordable(c, 2 * nbytes + 512 * 2**20):
                     out[mode][c] = "skipped: not enough free memory"
                     continue
                 fn = (shared_trial if mode == "shared" else private_trial).options(num_cpus=round(2 / c, 3))
                 arg = ref if mode == "shared" else str(data_dir)
-                with PeakMemory(os.getpid()) as peak:
+                with PeakMemory(os.getpid(), interval=0.5) as peak:
                     start = time.perf_counter()
-                    ray.get([fn.remote(arg, args.epochs, args.preset) for _ in range(c)])
+                    trials = ray.get([fn.remote(arg, args.epochs, args.preset) for _ in range(c)])
                     wall = time.perf_counter() - start
+                per_trial = {k: mib(sum(t[k] for t in trials) / c) for k in ("uss", "pss", "rss")}
                 out[mode][c] = {"wall_seconds": round(wall, 1), "tree": memory_dict(peak.peak_tree),
-                                "workers": memory_dict(peak.peak_workers), "samples": peak.samples}
-                print(f"B {mode} c={c}: tree {out[mode][c]['tree']}, workers {out[mode][c]['workers']}", flush=True)
+                                "per_trial": per_trial}
+                print(f"B {mode} c={c}: tree {out[mode][c]['tree']}, per trial {per_trial}", flush=True)
         return out
     finally:
         ray.shutdown()
@@ -183,6 +221,7 @@ def main(argv=None) -> int:
         if growth is not None:
             figures["harness_growth_per_trial_mib"] = mib(growth)
             figures["harness_growth_over_dataset"] = round(growth / nbytes, 3)
+        figures["harness_trial_uss_mib"] = round(max(v["per_trial"].get("uss", 0) for v in a.values()), 1)
     if "B" in args.parts:
         b = part_b(args, data_dir, concurrency, nbytes)
         figures["tasks"] = {m: ({str(c): v for c, v in b[m].items()} if isinstance(b[m], dict) else b[m])
@@ -193,6 +232,11 @@ def main(argv=None) -> int:
             if growth is not None:
                 figures[f"{mode}_growth_per_trial_mib"] = mib(growth)
                 figures[f"{mode}_growth_over_dataset"] = round(growth / nbytes, 3)
+            uss = [v["per_trial"]["uss"] for v in b[mode].values() if isinstance(v, dict)]
+            figures[f"{mode}_trial_uss_mib"] = round(max(uss), 1) if uss else None
+        if figures.get("shared_trial_uss_mib") and figures.get("private_trial_uss_mib"):
+            diff = (figures["private_trial_uss_mib"] - figures["shared_trial_uss_mib"]) * 2**20
+            figures["private_minus_shared_trial_uss_over_dataset"] = round(diff / nbytes, 3)
     emit_result("memory", figures, machine=machine_description())
     return 0
 

@@ -24,11 +24,13 @@ official evaluator does, and counted and warned about (pass `unknown_videos="dro
 out instead). The optional THUMOS14 Ambiguous protocol removes, before matching, every prediction
 that overlaps (intersection > 0 s) an Ambiguous segment of its video (as W-TALC's detectionMAP.py).
 
-Algorithm: the greedy matching is sequential only within one (class, video) pair, so all pairs
-and all thresholds advance together, one rank at a time: step k takes the k-th prediction of every
-(class, video) group (only predictions with some tIoU >= the lowest threshold take part; the others
-are false positives everywhere) and finds, for every threshold at once, its best unlocked ground
-truth with a segmented minimum over its candidate pairs, which are pre-sorted by descending tIoU.
+Algorithm: the greedy matching is sequential only among predictions that can compete for the same
+ground truth: those of one class and video whose segments chain by overlap with each other and
+with ground truth they reach at tIoU >= the lowest threshold (a prediction with no such ground
+truth is a false positive everywhere). All such clusters and all thresholds advance together, one
+rank at a time: step k takes the k-th prediction of every cluster and finds, for every threshold at
+once, its best unlocked ground truth with a segmented minimum over its candidate pairs, pre-sorted
+by descending tIoU.
 """
 
 from __future__ import annotations
@@ -117,8 +119,7 @@ def _ground_truth_table(ground_truth: Mapping, subset: str | None, name: str) ->
         raise DataError(f"{name}: missing field 'database' (ActivityNet ground-truth format)")
     subsets = set()
     videos: list[str] = []
-    labels: dict[str, int] = {}
-    rows: list[tuple[int, float, float, int]] = []
+    segs, labels, codes = [], [], []
     for video, entry in ground_truth["database"].items():
         if not isinstance(entry, Mapping):
             raise DataError(f"{name}: video {video!r}: entry must be an object")
@@ -131,73 +132,99 @@ def _ground_truth_table(ground_truth: Mapping, subset: str | None, name: str) ->
         annotations = entry.get("annotations")
         if not isinstance(annotations, list):
             raise DataError(f"{name}: video {video!r}: missing or non-list field 'annotations'")
-        for i, item in enumerate(annotations):
-            where = f"{name}: video {video!r} annotation {i}"
-            s, e = _segment(item, where)
-            rows.append((len(videos), s, e, labels.setdefault(_label(item, where), len(labels))))
+        try:  # fast path; any fault is located below
+            segs += [item["segment"] for item in annotations]
+            labels += [item["label"] for item in annotations]
+        except (KeyError, TypeError):
+            _check_items(video, annotations, name, "annotation", need_score=False)
+        codes += [len(videos)] * len(annotations)
         videos.append(video)
     if subset is not None and not videos:
         raise DataError(f"{name}: unknown subset {subset!r}; the file has {sorted(map(str, subsets))}")
-    table = np.array(rows, dtype=np.float64).reshape(len(rows), 4)
+    seg, label, label_names = _validated(segs, labels, None)
+    if seg is None:
+        for video, entry in ground_truth["database"].items():
+            if video in set(videos):
+                _check_items(video, entry["annotations"], name, "annotation", need_score=False)
+        raise DataError(f"{name}: malformed 'database'")  # not reached: the check names the fault
+    n = len(codes)
     return _Table(
-        tuple(videos), tuple(labels), table[:, 0].astype(np.int64), table[:, 3].astype(np.int64),
-        table[:, 1].copy(), table[:, 2].copy(), np.ones(len(rows)),
+        tuple(videos), label_names, np.array(codes, dtype=np.int64).reshape(n), label,
+        seg[:, 0].copy(), seg[:, 1].copy(), np.ones(n),
     )
+
+
+def _validated(segs: list, labels: list, scores: list | None):
+    """Fields as arrays if all are well-formed, else (None, None, None).
+    -> seg (N, 2) float64, label codes (N,) int64, label names (sorted), [score (N,) float64]."""
+    n = len(labels)
+    bad = (None, None, None) if scores is None else (None, None, None, None)
+    try:
+        distinct = set(labels)  # TypeError for an unhashable label
+        seg = np.array(segs)
+        if not (seg.dtype.kind in "iuf" and (seg.shape == (n, 2) or seg.size == n == 0) and len(segs) == n
+                and all(type(x) is str for x in distinct)):
+            return bad
+        seg = seg.astype(np.float64).reshape(n, 2)
+        if not (np.isfinite(seg).all() and (seg[:, 1] >= seg[:, 0]).all()):
+            return bad
+        if scores is not None:
+            score = np.array(scores)
+            if not (score.dtype.kind in "iuf" and score.shape == (n,)):
+                return bad
+            score = score.astype(np.float64)
+            if not np.isfinite(score).all():
+                return bad
+    except (TypeError, ValueError):
+        return bad
+    names = tuple(sorted(distinct))
+    codes = {x: i for i, x in enumerate(names)}
+    label = np.fromiter(map(codes.__getitem__, labels), dtype=np.int64, count=n)
+    return (seg, label, names) if scores is None else (seg, label, names, score)
+
+
+def _check_items(video: str, items, name: str, what: str, need_score: bool) -> None:
+    """Raise DataError at the first malformed item, naming the file, video, index and field."""
+    if not isinstance(items, list):
+        raise DataError(f"{name}: video {video!r}: {what}s must be a list")
+    for i, item in enumerate(items):
+        where = f"{name}: video {video!r} {what} {i}"
+        _segment(item, where)
+        _label(item, where)
+        if need_score:
+            if "score" not in item:
+                raise DataError(f"{where}: missing field 'score'")
+            _number(item["score"], f"{where} field 'score'")
 
 
 def _prediction_table(predictions: Mapping, name: str) -> _Table:
     """Fast path: gather fields with list comprehensions and validate them as arrays; if anything is
-    off, `_check_predictions` walks the items one by one to raise an error naming video and field."""
+    off, `_check_items` walks the items one by one to raise an error naming video and field."""
     if not isinstance(predictions, Mapping) or not isinstance(predictions.get("results"), Mapping):
         raise DataError(f"{name}: missing field 'results' (ActivityNet results format)")
     results = predictions["results"]
     videos, segs, labels, scores, codes = [], [], [], [], []
-    try:
-        for video, items in results.items():
+    for video, items in results.items():
+        try:
             if not isinstance(items, list):
                 raise TypeError
             segs += [item["segment"] for item in items]
             labels += [item["label"] for item in items]
             scores += [item["score"] for item in items]
-            codes += [len(videos)] * len(items)
-            videos.append(video)
-        n = len(codes)
-        seg = np.array(segs)
-        score = np.array(scores)
-        distinct = set(labels)  # TypeError for an unhashable label
-        ok = (
-            seg.dtype.kind in "iuf" and seg.size == 2 * n and score.dtype.kind in "iuf" and score.shape == (n,)
-            and all(type(x) is str for x in distinct)
-        )
-        if ok:
-            seg = seg.astype(np.float64).reshape(n, 2)
-            score = score.astype(np.float64)
-            ok = bool(np.isfinite(seg).all() and np.isfinite(score).all() and (seg[:, 1] >= seg[:, 0]).all())
-    except (KeyError, TypeError, ValueError, IndexError):
-        ok = False
-    if not ok:
-        _check_predictions(results, name)
+        except (KeyError, TypeError):
+            _check_items(video, items, name, "prediction", need_score=True)
+        codes += [len(videos)] * len(items)
+        videos.append(video)
+    seg, label, label_names, score = _validated(segs, labels, scores)
+    if seg is None:
+        for video, items in results.items():
+            _check_items(video, items, name, "prediction", need_score=True)
         raise DataError(f"{name}: malformed 'results'")  # not reached: the check names the fault
-    label_codes = {x: i for i, x in enumerate(sorted(distinct))}
-    label = np.fromiter(map(label_codes.__getitem__, labels), dtype=np.int64, count=n)
+    n = len(codes)
     return _Table(
-        tuple(videos), tuple(label_codes), np.array(codes, dtype=np.int64).reshape(n), label,
+        tuple(videos), label_names, np.array(codes, dtype=np.int64).reshape(n), label,
         seg[:, 0].copy(), seg[:, 1].copy(), score,
     )
-
-
-def _check_predictions(results: Mapping, name: str) -> None:
-    """Raise DataError at the first malformed prediction, naming the video, index and field."""
-    for video, items in results.items():
-        if not isinstance(items, list):
-            raise DataError(f"{name}: video {video!r}: predictions must be a list")
-        for i, item in enumerate(items):
-            where = f"{name}: video {video!r} prediction {i}"
-            _segment(item, where)
-            _label(item, where)
-            if "score" not in item:
-                raise DataError(f"{where}: missing field 'score'")
-            _number(item["score"], f"{where} field 'score'")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,11 +285,30 @@ def _match(
     pair_pred, pair_gt, iou = pair_pred[cand], pair_gt[cand], iou[cand]
     if len(pair_pred) == 0:
         return tp
-    # Rank of each candidate prediction inside its group (predictions are already in rank order).
+    # Predictions interact only through shared candidate ground truth, so each group splits into
+    # independent clusters: the chains of overlapping intervals among its candidate predictions and
+    # ground truth (a candidate pair overlaps when the lowest threshold is > 0). Any partition at
+    # least this coarse is exact; a prediction's step is its rank inside its cluster.
     cand_pred = np.unique(pair_pred)  # ascending = rank order
-    cand_key = key_p[cand_pred]
-    by_group = np.argsort(cand_key, kind="stable")
-    _, start_in_sorted, counts_in_sorted = np.unique(cand_key[by_group], return_index=True, return_counts=True)
+    if thr.min() > 0:
+        cand_gt = np.unique(pair_gt)
+        group_of = np.unique(np.concatenate([key_p[cand_pred], key_g[cand_gt]]), return_inverse=True)[1]
+        start = np.concatenate([ps[cand_pred], gs[cand_gt]])
+        end = np.concatenate([pe[cand_pred], ge[cand_gt]])
+        # Shift each group past the previous one; rounding is monotone, so overlaps survive the shift.
+        shift = group_of * (end.max() - start.min() + 1.0)
+        s_shift, e_shift = start - start.min() + shift, end - start.min() + shift
+        order_i = np.lexsort((s_shift, group_of))
+        reach = np.maximum.accumulate(e_shift[order_i])
+        new_cluster = np.ones(len(order_i), dtype=bool)
+        new_cluster[1:] = s_shift[order_i][1:] > reach[:-1]
+        cluster = np.empty(len(order_i), dtype=np.int64)
+        cluster[order_i] = np.cumsum(new_cluster)
+        component = cluster[: len(cand_pred)]
+    else:  # tIoU 0 pairs need not overlap: fall back to whole (class, video) groups
+        component = key_p[cand_pred]
+    by_group = np.argsort(component, kind="stable")
+    _, start_in_sorted, counts_in_sorted = np.unique(component[by_group], return_index=True, return_counts=True)
     rank = np.empty(len(cand_pred), dtype=np.int64)
     rank[by_group] = np.arange(len(cand_pred)) - np.repeat(start_in_sorted, counts_in_sorted)
     # Pairs sorted by (step = rank, prediction, tIoU descending, ground-truth input order).
@@ -412,7 +458,10 @@ def detection_map(
         thr, len(classes), num_gt_videos + len(pred.video_names),
         cg, gt.video, gt.start, gt.end, cp[keep], vp[keep], pred.start[keep], pred.end[keep], pred.score[keep],
     )  # (K, C)
-    mAP = ap.mean(axis=1) if len(classes) else np.zeros(len(thr))
+    if not classes:
+        warnings.warn(f"{ground_truth_name}: no ground-truth segment{'' if subset is None else f' in subset {subset!r}'}"
+                      "; mAP is undefined (nan)", EvaluationWarning, stacklevel=2)
+    mAP = ap.mean(axis=1) if len(classes) else np.full(len(thr), np.nan)
     protocol = (
         f"ActivityNet detection mAP, tIoU {_tiou_text(thr)}, "
         f"ambiguous={'removed' if ambiguous is not None else 'kept'}"
@@ -462,11 +511,14 @@ def segment_coverage(ground_truth: Mapping, predictions: Mapping, subset: str | 
     """Completeness: mean over ground-truth segments of the largest fraction of the segment covered
     by ONE prediction of the same video and class (|gt ∩ pred| / |gt|; a zero-length ground-truth
     segment counts as covered when a prediction contains its instant). Scores are not used.
+    No ground-truth segment at all: nan, with an EvaluationWarning.
     """
     gt = _ground_truth_table(ground_truth, subset, "ground truth")
     pred = _prediction_table(predictions, "predictions")
     if len(gt.label) == 0:
-        raise DataError(f"segment_coverage: no ground-truth segments{'' if subset is None else f' in subset {subset!r}'}")
+        warnings.warn(f"segment_coverage: no ground-truth segment{'' if subset is None else f' in subset {subset!r}'}"
+                      "; coverage is undefined (nan)", EvaluationWarning, stacklevel=2)
+        return float("nan")
     # Prediction indices grouped by (video, label): one sort instead of a scan per group.
     key = pred.video * max(len(pred.label_names), 1) + pred.label
     order = np.argsort(key, kind="stable")

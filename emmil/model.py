@@ -55,34 +55,105 @@ def make_packing(lengths: list[int] | torch.Tensor, device: torch.device | str =
     return Packing(seg=seg, pos=pos, length=lengths_t[seg], lengths=lengths_t, num_videos=b)
 
 
+def _edge_rows(packing: Packing, pad: int) -> torch.Tensor:
+    """(R,) rows within `pad` clips of their video's start or end (the only rows a tap can cross at)."""
+    return torch.nonzero((packing.pos < pad) | (packing.pos >= packing.length - pad)).squeeze(1)
+
+
+def _shift_sum(y: torch.Tensor, h: int, k: int, sign: int, packing: Packing, bias: torch.Tensor | None) -> torch.Tensor:
+    """out[t] = (bias) + sum_j y[t + sign*off_j, block j] over taps whose row is in t's own video.
+
+    y (N, k*H) -> (N, H). sign=+1 is the conv forward; sign=-1 with the blocks read in reverse is its
+    transpose (the backward). Whole-slice adds first, then the edge rows are recomputed exactly.
+    """
+    n = y.shape[0]
+    pad = k // 2
+    centre = y[:, pad * h : (pad + 1) * h]
+    out = centre + bias if bias is not None else centre.clone()
+    offsets = [sign * (j - pad) for j in range(k)]
+    for j, off in enumerate(offsets):
+        if off > 0:
+            out[: n - off] += y[off:, j * h : (j + 1) * h]
+        elif off < 0:
+            out[-off:] += y[: n + off, j * h : (j + 1) * h]
+    if pad == 0:
+        return out
+    edge = _edge_rows(packing, pad)
+    fixed = y[edge, pad * h : (pad + 1) * h]
+    if bias is not None:
+        fixed = fixed + bias
+    pos, length = packing.pos[edge], packing.length[edge]
+    for j, off in enumerate(offsets):
+        if off == 0:
+            continue
+        valid = ((pos + off >= 0) & (pos + off < length)).unsqueeze(1).to(y.dtype)  # (R, 1)
+        fixed = fixed + y[(edge + off).clamp(0, n - 1), j * h : (j + 1) * h] * valid
+    out[edge] = fixed
+    return out
+
+
+class _PackedConv1d(torch.autograd.Function):
+    """Autograd for packed_conv1d with hand-written backward: grad_y is the transposed shift of
+    grad_out (no full-size zero buffers per tap), grad_W = x^T grad_y is one matmul."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, packing_pos, packing_length, packing):
+        h, d, k = weight.shape
+        w = weight.permute(1, 2, 0).reshape(d, k * h)  # (D, k*H): column block j = W[:, :, j]^T
+        y = x @ w  # (N, k*H): the one big matmul
+        ctx.save_for_backward(x, w)
+        ctx.packing, ctx.shape, ctx.has_bias = packing, (h, d, k), bias is not None
+        return _shift_sum(y, h, k, +1, packing, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w = ctx.saved_tensors
+        h, d, k = ctx.shape
+        grad_out = grad_out.contiguous()
+        # grad_y[r, block j] = grad_out[r - off_j] if row r - off_j reads row r inside one video, else 0
+        pad = k // 2
+        n = grad_out.shape[0]
+        grad_y = torch.zeros(n, k * h, dtype=grad_out.dtype, device=grad_out.device)
+        for j in range(k):
+            off = j - pad
+            block = grad_y[:, j * h : (j + 1) * h]
+            if off == 0:
+                block.copy_(grad_out)
+            elif off > 0:
+                block[off:] = grad_out[: n - off]
+            else:
+                block[: n + off] = grad_out[-off:]
+        if pad:
+            edge = _edge_rows(ctx.packing, pad)
+            pos, length = ctx.packing.pos[edge], ctx.packing.length[edge]
+            for j in range(k):
+                off = j - pad
+                if off == 0:
+                    continue
+                # row r = edge is read through tap j by row r - off; invalid if that row is outside r's video
+                invalid = ((pos - off < 0) | (pos - off >= length)).unsqueeze(1)
+                rows = edge
+                block = grad_y[rows, j * h : (j + 1) * h]
+                grad_y[rows, j * h : (j + 1) * h] = torch.where(invalid, torch.zeros_like(block), block)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y @ w.t()
+        if ctx.needs_input_grad[1]:
+            grad_w = (x.t() @ grad_y).reshape(d, k, h).permute(2, 0, 1)  # back to (H, D, k)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(0)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 def packed_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packing: Packing) -> torch.Tensor:
     """nn.Conv1d(D, H, k, padding=k//2) applied to every packed video separately.
 
     x (N, D), weight (H, D, k) as nn.Conv1d stores it, bias (H,) -> (N, H).
-    out[t] = b + sum_j W_j^T x[t + j - k//2], taps outside the row's own video are zero.
+    out[t] = b + sum_j W_j^T x[t + j - k//2]; taps outside the row's own video are zero (zero padding).
+    One matmul X @ [W_0 | ... | W_{k-1}] (N, k*H), then shifted slice sums; the few rows within k//2
+    of a video boundary are recomputed exactly from their valid taps, so nothing leaks across videos.
     """
-    h, d, k = weight.shape
-    pad = k // 2
-    w = weight.permute(1, 2, 0).reshape(d, k * h)  # (D, k*H): column block j = W[:, :, j]^T
-    y = x @ w  # (N, k*H): the one big matmul
-    out = y[:, pad * h : (pad + 1) * h]  # centre tap (N, H), never crosses a boundary
-    if bias is not None:
-        out = out + bias
-    n = x.shape[0]
-    for j in range(k):
-        off = j - pad  # row offset this tap reads
-        if off == 0:
-            continue
-        tap = y[:, j * h : (j + 1) * h]  # (N, H)
-        shifted = torch.zeros_like(tap)
-        if off > 0 and n > off:
-            shifted[:-off] = tap[off:]
-        elif off < 0 and n > -off:
-            shifted[-off:] = tap[:off]
-        target = packing.pos + off  # (N,) clip index read by each row
-        valid = ((target >= 0) & (target < packing.length)).to(tap.dtype).unsqueeze(1)  # (N, 1)
-        out = out + shifted * valid
-    return out
+    return _PackedConv1d.apply(x, weight, bias, packing.pos, packing.length, packing)
 
 
 class Head(nn.Module):

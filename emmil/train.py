@@ -221,10 +221,11 @@ def build_model(config: RunConfig, dataset: Dataset, device: torch.device) -> EM
 
 def _optimizers(model: EMMIL, config: RunConfig) -> dict[str, torch.optim.Optimizer]:
     t = config.train
+    kw = {"weight_decay": t.weight_decay, "fused": True}  # fused: one kernel per step, not ~10 passes
     return {
-        "phi": torch.optim.Adam(model.phi_parameters(), lr=t.lr, weight_decay=t.weight_decay),
-        "theta": torch.optim.Adam(model.theta_parameters(), lr=t.lr, weight_decay=t.weight_decay),
-        "gate": torch.optim.Adam(model.gate_parameters(), lr=t.cls_lr, weight_decay=t.weight_decay),
+        "phi": torch.optim.Adam(model.phi_parameters(), lr=t.lr, **kw),
+        "theta": torch.optim.Adam(model.theta_parameters(), lr=t.lr, **kw),
+        "gate": torch.optim.Adam(model.gate_parameters(), lr=t.cls_lr, **kw),
     }
 
 
@@ -401,9 +402,10 @@ def localize_all(config: RunConfig, dataset: Dataset, videos: tuple[Video, ...],
     per_video = {}
     for v, s in zip(videos, scores):
         per_video[v.name] = localize_video(
-            s["q_rgb"], s["q_flow"], s["p_rgb"], s["p_flow"], s["video"], params=params
+            s["q_rgb"], s["q_flow"], s["p_rgb"], s["p_flow"], s["video"], params=params,
+            clip_seconds=dataset.clip_seconds, duration=v.duration,
         )
-    return results_json(per_video, dataset.classes, clip_seconds=dataset.clip_seconds)
+    return results_json(per_video, dataset.classes)
 
 
 def _ground_truth_of(dataset: Dataset, videos: tuple[Video, ...]) -> dict:

@@ -93,7 +93,7 @@ def make_scheduler(kind: str, max_epochs: int):
     return None
 
 
-def pick_best(rows: list[Mapping[str, Any]], keys: list[str]) -> Mapping[str, Any]:
+def pick_best(rows: list[Mapping[str, Any]]) -> Mapping[str, Any]:
     """The search trial to retrain: the best final objective among trials that ran every epoch; if
     none did, the best last-reported objective. Ties: the earlier trial. rows carry `search` params.
     """

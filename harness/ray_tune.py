@@ -87,8 +87,11 @@ def eval_protocol(exclude_ambiguous: bool) -> str:
 
 
 def _maybe_fail(hook: Mapping[str, Any] | None, trial_id: str, epoch: int) -> None:
-    """Test hook: raise at epoch k on the FIRST attempt only (a marker file remembers the attempt)."""
-    if not hook or int(hook["epoch"]) != epoch:
+    """Test hook: raise at epoch k on the FIRST attempt only (a marker file remembers the attempt).
+
+    hook = {"epoch": k, "marker_dir": path, "trial": trial_id or None (every trial)}.
+    """
+    if not hook or int(hook["epoch"]) != epoch or hook.get("trial") not in (None, trial_id):
         return
     marker = Path(hook["marker_dir"]) / f"{_safe_file_name(trial_id)}.failed"
     if not marker.exists():
@@ -151,12 +154,12 @@ def emmil_trial(config: dict, data=None) -> None:
                          overrides={**spec["overrides"], **search})
     device = core.choose_device(cfg.device)
 
-    state, run_id = None, None
+    state, run_id, last_report = None, None, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             blob = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        state, run_id = blob["state"], blob.get("run_id")
+        state, run_id, last_report = blob["state"], blob.get("run_id"), blob.get("report")
 
     import ray
 
@@ -177,14 +180,19 @@ def emmil_trial(config: dict, data=None) -> None:
     if state is None:
         tracker.log_params(cfg.to_flat_dict())
     tracker.flush()
+    # epochs after the checkpoint that a previous attempt already logged are not logged twice
+    logged_through = tracker.logged_through("loss") if state is not None else 0
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     trial_dir = Path(ctx.get_trial_dir())
     features = shared_features(data, device)
+    yielded = False
     for result in core.fit(cfg, data, device=device, resume=state, features=features):
+        yielded = True
         _maybe_fail(run.get("fail_once"), trial_id, result.epoch)
         metrics = _epoch_metrics(result)
-        tracker.log_metrics(metrics, step=result.epoch)
+        if result.epoch > logged_through:
+            tracker.log_metrics(metrics, step=result.epoch)
         report: dict[str, Any] = {**metrics, "epoch": result.epoch, "total_epochs": result.total_epochs}
         last = result.epoch >= result.total_epochs
         if last:
@@ -205,8 +213,14 @@ def emmil_trial(config: dict, data=None) -> None:
                        "variant": tags["emmil.variant"], "seed": cfg.seed,
                        "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device)})
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"state": result.state(), "run_id": tracker.run_id}, Path(tmp) / CHECKPOINT_FILE)
+            torch.save({"state": result.state(), "run_id": tracker.run_id, "report": report},
+                       Path(tmp) / CHECKPOINT_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+    if not yielded and last_report is not None:
+        # Restored from the checkpoint of its LAST epoch (the driver died before recording the trial as
+        # finished): nothing is left to train; report the final result again so Tune has it.
+        tracker.flush_with_retries()
+        tune.report(last_report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +261,9 @@ class TrialProgress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        self._line(trial, "done", trial.last_result)
+        last = trial.last_result or {}
+        early = last.get("epoch", 0) < last.get("total_epochs", 0)
+        self._line(trial, "stopped early" if early else "done", last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
@@ -257,8 +273,19 @@ class TrialProgress(tune.Callback):
         print(f"  {self.label} {trial.trial_id}: failed, retrying from its last checkpoint", flush=True)
 
 
+def put_dataset(take: Callable[[], Any]):
+    """ray.put the dataset ONCE; the driver's copy is dropped right after (only the ObjectRef stays).
+
+    Trials get it through `tune.with_parameters(data=ref)` (an ObjectRef is used as is) and read the
+    feature array zero-copy from the node's shared-memory object store.
+    """
+    import ray
+
+    return ray.put(take())
+
+
 def tune_trials(
-    load_data: Callable[[], Any],
+    data,
     *,
     name: str,
     storage: Path,
@@ -276,10 +303,9 @@ def tune_trials(
 ):
     """Run (or, with resume, restore and finish) one Tune experiment at storage/name; ResultGrid.
 
-    `load_data()` is called once; its result is put into the object store by `tune.with_parameters`
-    and the driver keeps no reference to it (only the ObjectRef lives on).
+    `data`: the dataset's ObjectRef from `put_dataset` (an object would be put again per call).
     """
-    trainable = tune.with_parameters(tune.with_resources(emmil_trial, resources.as_dict()), data=load_data())
+    trainable = tune.with_parameters(tune.with_resources(emmil_trial, resources.as_dict()), data=data)
     path = storage / name
     if resume and restorable(path):
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

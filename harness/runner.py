@@ -173,13 +173,16 @@ def build_report(place: RunPlace, target: tracking.TrackingTarget, **extra: Any)
     return f"report:            {out}"
 
 
-def load_once(loader: Callable[[], Any]) -> tuple[Callable[[], Any], dict[str, Any]]:
+def load_once(loader: Callable[[], Any], check: Callable[[Any], None] | None = None
+              ) -> tuple[Callable[[], Any], dict[str, Any]]:
     """(callable that returns the loaded dataset ONCE and forgets it, metadata read from it now).
 
     The driver keeps only the metadata; the one reference goes to Ray (`tune.with_parameters` puts
     it into the object store) and the driver's copy is freed with it.
     """
     data = loader()
+    if check is not None:
+        check(data)
     meta = {"name": data.name, "source": data.source, "videos": len(data.videos),
             "feature_bytes": int(data.features.nbytes), "path": data.path}
     holder = [data]

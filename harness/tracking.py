@@ -47,6 +47,8 @@ def redact_uri(uri: str) -> str:
     except ValueError:
         return uri
     netloc = parts.netloc
+    if "@" not in netloc and not _QUERY_SECRET.search(parts.query):
+        return uri  # nothing secret (and sqlite:////abs/path keeps its slashes)
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         if ":" in userinfo:
@@ -300,6 +302,19 @@ class TrialRun:
             return False
         self._persist()
         return True
+
+    def logged_through(self, key: str = "loss") -> int:
+        """Largest step of `key` already in the run (0 if none or tracking is down).
+
+        A trial restored from a checkpoint older than its last logged epoch (the driver records
+        checkpoints with a lag) retrains those epochs identically; it skips logging them again.
+        """
+        try:
+            self._ensure_run()
+            return max((int(m.step) for m in self._mlflow().get_metric_history(self.run_id, key)), default=0)
+        except Exception:  # noqa: BLE001 - tracking down: at worst an epoch is logged twice
+            self._client = None
+            return 0
 
     def flush_with_retries(self, attempts: int = 3, wait_s: float = 2.0) -> bool:
         for i in range(attempts):

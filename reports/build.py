@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import matplotlib
 import pandas as pd
 
 from emmil.errors import ConfigError
@@ -174,10 +175,11 @@ def optuna_figures(storage: str, study_name: str, explicit: bool) -> tuple[list[
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
             return [], [f"Optuna study {study_name!r} has no completed trial."]
-        ax = plot_optimization_history(study)
+        with matplotlib.rc_context():  # Optuna switches the global style to ggplot: keep that local
+            ax = plot_optimization_history(study)
+            png = plots.axes_png(ax, title=f"Optuna study {study_name}")
         figures.append(Figure("optuna_history", f"Optimisation history of study {study_name!r} "
-                              f"({len(complete)} completed trials; Optuna's own plot).",
-                              plots.axes_png(ax, title=f"Optuna study {study_name}")))
+                              f"({len(complete)} completed trials; Optuna's own plot).", png))
         try:
             imp = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError) as exc:
@@ -239,7 +241,8 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
     for k, b in blist:
         f = val_curve_figure(k, b, rs.tracking_uri)
         if f is None:
-            notes.append(f"{_block_name(k)}: no {VAL_METRIC} history logged.")
+            notes.append(f"{_block_name(k)}: no {VAL_METRIC} history logged (validation runs only when "
+                         "train.val_fraction > 0).")
         else:
             figs.append(f)
     sections.append(Section("Validation curves", tuple(notes), figures=tuple(figs)))

@@ -25,7 +25,7 @@ from emmil.errors import ConfigError, DataError
 TAG_PREFIX = "emmil."
 # Tags a trial run must carry to be placed in a table (the row's dataset/variant/seed/protocol).
 REQUIRED_TRIAL_TAGS = ("dataset", "data_source", "variant", "seed", "eval_protocol", "stage")
-OPTIONAL_TRIAL_TAGS = ("config_hash", "git_commit", "command", "device", "trial_id", "experiment")
+OPTIONAL_TRIAL_TAGS = ("config_hash", "git_commit", "command", "device", "trial_id")
 # Params that differ between the seeds of one configuration (left out of config_group).
 PER_RUN_PARAMS = ("seed", "device")
 FINAL_METRIC = "test_avg_mAP"  # logged once, at the end: a run with it has test results

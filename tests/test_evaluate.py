@@ -169,6 +169,8 @@ def test_vectorised_equals_reference_loop_on_random_cases():
         gt_rows, pred_rows = _random_case(seed)
         gt, pred, pred_rows = to_json(gt_rows, pred_rows)
         thr = TIOU["thumos14"] if seed % 3 else TIOU["anet12"]
+        if seed % 5 == 0:
+            thr = np.array([0.0, 0.3])  # tIoU 0 matches non-overlapping ground truth of the video
         classes, expected = reference_ap(gt_rows, pred_rows, thr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EvaluationWarning)
@@ -207,3 +209,29 @@ def test_tiou_grids_and_shipped_ambiguous_file():
         parse_tiou("0.1:x")
     amb = read_ambiguous(ANNOTATIONS / "Thumos14reduced-Annotations" / "Ambiguous_test.txt")
     assert amb["video_test_0000278"][:2] == ((0.0, 1.4), (95.7, 97.2))
+
+
+def test_vectorised_equals_reference_on_a_crowded_video():
+    # One video, one class, 40 ground-truth segments and 400 jittered predictions: long greedy chains
+    # inside shared components, many steps.
+    rng = np.random.default_rng(7)
+    starts = np.sort(rng.uniform(0, 200, 40))
+    gt_rows = [("v", float(s), float(s + rng.uniform(1, 10)), "A") for s in starts]
+    pred_rows = []
+    for _ in range(400):
+        _, s, e, _ = gt_rows[rng.integers(40)]
+        a, b = sorted((s + rng.normal(0, 2), e + rng.normal(0, 2)))
+        pred_rows.append(("v", round(a, 1), round(b, 1), "A", round(float(rng.random()), 2)))
+    gt, pred, pred_rows = to_json(gt_rows, pred_rows)
+    _, expected = reference_ap(gt_rows, pred_rows, TIOU["anet12"])
+    got = detection_map(gt, pred, TIOU["anet12"]).per_class_AP["A"]
+    assert 0.05 < got[0] < 0.95  # a non-trivial curve
+    assert np.abs(got - expected[:, 0]).max() <= 1e-12
+
+
+def test_no_ground_truth_segment_gives_nan_with_a_warning():
+    gt = {"database": {"v1": {"subset": "test", "annotations": []}}}
+    with pytest.warns(EvaluationWarning, match="no ground-truth segment"):
+        assert np.isnan(detection_map(gt, {"results": {}}, [0.5]).mAP).all()
+    with pytest.warns(EvaluationWarning, match="no ground-truth segment"):
+        assert np.isnan(segment_coverage(gt, {"results": {}}))

@@ -113,7 +113,7 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     """Run (or resume) `experiment` x `seeds` on Ray Tune; returns the per-trial rows and where they are."""
     from emmil.config import resolve_config
     from harness import runner, tracking
-    from harness.ray_tune import Resources, ray_session, result_rows, tune_trials
+    from harness.ray_tune import Resources, put_dataset, ray_session, result_rows, tune_trials
 
     trials = expand_trials(experiment, seeds)
     for t in trials:  # every trial's config is valid before anything starts
@@ -153,7 +153,7 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     t0 = time.time()
     with ray_session(launch.address):
         prepare_fresh_tune_dir(place.root, "ablation", launch.resume)
-        grid = tune_trials(take, name="ablation", storage=place.root,
+        grid = tune_trials(put_dataset(take), name="ablation", storage=place.root,
                            param_space={"trial": tune.grid_search(trial_space), "run": run_common},
                            resources=resources, resume=launch.resume, max_failures=launch.max_failures,
                            progress_total=len(trials))
