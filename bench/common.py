@@ -77,6 +77,8 @@ def machine_description() -> dict:
         "cpu_model": cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        # Other work on the machine while measuring (a shared 2-core box is noisy): 1-minute load average.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "git_commit": git_commit(),
     }

@@ -1,20 +1,25 @@
 """Memory (issue 7, item 4): peak memory of 1, 2 (and 4) concurrent trials sharing one dataset.
 
-Memory is unique (USS) and proportional (PSS) set size from psutil's memory_full_info, summed over a
-process tree and sampled every 0.25 s; the peak is kept. RSS would count the object store's pages once per
-worker that maps them; the tree's summed PSS counts every page once, so a dataset shared through Ray's
-object store adds its size once, however many trials read it.
+Memory is unique (USS) and proportional (PSS) set size from psutil's memory_full_info, never RSS: RSS
+counts the object store's pages once per worker that maps them. USS is what a process alone holds: a
+trial that reads the dataset zero-copy from the object store does not have it in its USS, a trial with
+a private copy does. Summed over a process tree, PSS counts every page once.
 
-Part A, the harness: `emmil ablate` of c trials (variant `full`, c seeds) at --max-concurrent c and
-cpus-per-trial 2/c, for c in --concurrency; figures over the whole `emmil ablate` process tree (driver,
-Ray's raylet/GCS/object store, workers) and over the Ray worker processes alone.
+Part A, the harness: `emmil ablate` of c trials (variant `full`, c seeds, --epochs epochs) at
+--max-concurrent c and cpus-per-trial 2/c; the whole process tree (driver, Ray's GCS/raylet/object store,
+workers) is sampled every 0.25 s: peak summed USS/PSS/RSS of the tree, and the peak USS/PSS/RSS of each
+of the c trial workers (the c Ray workers with the highest USS), averaged.
 
-Part B, shared vs private copies, the same trial code on plain Ray tasks (one process per task):
-  shared:  the driver puts the Dataset in the object store once; each task gets it zero-copy;
+Part B, shared vs private copies: the same trial code (fit() for --epochs epochs) on plain Ray tasks,
+c at a time; each task samples its own USS/PSS/RSS every 0.1 s from before it obtains the data to the
+end of fit():
+  shared:  the driver puts the Dataset in the object store once (and drops its copy); each task gets it
+           zero-copy and builds the features tensor as the harness's trial does
+           (harness.ray_tune.shared_features);
   private: each task loads the dataset from disk itself (emmil.data.loading.load_dataset).
-Each task runs fit() for --epochs epochs. The figure to read: the growth per extra concurrent trial,
-(peak PSS(c) - peak PSS(1)) / (c - 1), next to the dataset's size: about 0 x dataset when shared,
-about 1 x dataset when private.
+Figures to read: `private_minus_shared_trial_uss_over_dataset` (about 1: each private trial holds a copy
+of the dataset that a shared trial does not; above 1 when loading's transient copy is caught) and the
+shared trial's USS staying the same at c = 1, 2, 4.
 
 Semi-synthetic THUMOS14 at --dim per stream. Prints one final JSON line.
 """
@@ -219,8 +224,7 @@ def main(argv=None) -> int:
         figures["harness"] = {str(c): v for c, v in a.items()}
         growth = growth_per_trial({c: int(v["tree"]["pss"] * 2**20) for c, v in a.items()})
         if growth is not None:
-            figures["harness_growth_per_trial_mib"] = mib(growth)
-            figures["harness_growth_over_dataset"] = round(growth / nbytes, 3)
+            figures["harness_tree_pss_growth_per_trial_mib"] = mib(growth)
         figures["harness_trial_uss_mib"] = round(max(v["per_trial"].get("uss", 0) for v in a.values()), 1)
     if "B" in args.parts:
         b = part_b(args, data_dir, concurrency, nbytes)
@@ -228,10 +232,9 @@ def main(argv=None) -> int:
                             for m in b}
         for mode in ("shared", "private"):
             measured = {c: int(v["tree"]["pss"] * 2**20) for c, v in b[mode].items() if isinstance(v, dict)}
-            growth = growth_per_trial(measured)
+            growth = growth_per_trial(measured)  # includes each extra worker's own interpreter + torch
             if growth is not None:
-                figures[f"{mode}_growth_per_trial_mib"] = mib(growth)
-                figures[f"{mode}_growth_over_dataset"] = round(growth / nbytes, 3)
+                figures[f"{mode}_tree_pss_growth_per_trial_mib"] = mib(growth)
             uss = [v["per_trial"]["uss"] for v in b[mode].values() if isinstance(v, dict)]
             figures[f"{mode}_trial_uss_mib"] = round(max(uss), 1) if uss else None
         if figures.get("shared_trial_uss_mib") and figures.get("private_trial_uss_mib"):

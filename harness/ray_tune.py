@@ -37,6 +37,9 @@ RAY_ENV_DEFAULTS = {
 TRIAL_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 CHECKPOINT_FILE = "trial_state.pt"
+# Per-epoch metrics go to the trial's JSONL buffer at once (durable) and to MLflow at most this often,
+# and always at the end: one SQLite/HTTP round trip per few seconds instead of per epoch.
+FLUSH_EVERY_S = 5.0
 
 
 def set_ray_env() -> None:
@@ -207,7 +210,7 @@ def emmil_trial(config: dict, data=None) -> None:
             tracker.terminate("FINISHED")
             delivered = tracker.flush_with_retries()
         else:
-            delivered = tracker.flush()
+            delivered = tracker.maybe_flush(FLUSH_EVERY_S)
         report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
                        "mlflow_run_id": tracker.run_id or "", "trial_key": trial_id,
                        "variant": tags["emmil.variant"], "seed": cfg.seed,

@@ -74,7 +74,8 @@ def open_parent(place: RunPlace, *, resume: bool, kind: str, tags: Mapping[str, 
     state = read_state(place)
     if state is not None and not resume:
         raise ConfigError(
-            f"{place.root} already holds a {state.get('kind', 'run')} (parent run {state.get('parent_run_id')}); "
+            f"{place.root} already holds the {state.get('kind', 'run')} with parent run {state.get('parent_run_id')} "
+            f"(stage {state.get('stage')}); "
             "pass --resume to finish it, or choose another --results directory"
         )
     if state is None and resume:

@@ -202,6 +202,14 @@ class TrialRun:
         self.last_error = ""
         self.pending: list[dict] = self._load_pending()
         self._client = None
+        self._last_flush = 0.0
+
+    def maybe_flush(self, every_s: float = 5.0) -> bool:
+        """Flush if the last flush is `every_s` old (the JSONL buffer already holds everything: a crash
+        loses nothing); True when nothing is pending."""
+        if time.monotonic() - self._last_flush < every_s:
+            return not self.pending
+        return self.flush()
 
     # -- buffering ------------------------------------------------------------------------
     def _load_pending(self) -> list[dict]:
@@ -285,6 +293,7 @@ class TrialRun:
 
     def flush(self) -> bool:
         """Send what is pending; True when nothing is left. Never raises for tracking errors."""
+        self._last_flush = time.monotonic()
         if not self.pending:
             return True
         try:

@@ -26,7 +26,7 @@ from emmil.errors import ConfigError
 from reports import plots, tables
 from reports.document import Figure, Report, Section, Table
 from reports.render import FORMATS, write_report
-from reports.runs import RunSet, load_json_artifact, load_runs, metric_histories
+from reports.runs import RunSet, load_json_artifact, load_runs, metric_histories, redact
 from reports.stats import mean_std
 
 VAL_METRIC = "val_avg_mAP"
@@ -163,7 +163,7 @@ def optuna_figures(storage: str, study_name: str, explicit: bool) -> tuple[list[
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:  # noqa: BLE001 - any storage/name failure is reported, with its cause
-        msg = f"cannot open Optuna study {study_name!r} at {storage}: {type(exc).__name__}: {exc}"
+        msg = f"cannot open Optuna study {study_name!r} at {redact(storage)}: {type(exc).__name__}: {redact(str(exc))}"
         if explicit:
             raise ConfigError(msg) from None
         return [], [msg]
@@ -201,7 +201,7 @@ def _intro(rs: RunSet, command: str | None) -> tuple[str, ...]:
     sources = sorted(set(runs["data_source"])) if not runs.empty else []
     lines = [
         f"Generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from MLflow "
-        f"{rs.tracking_uri}, experiment(s) {', '.join(rs.experiments)}: {len(runs)} finished trial runs in the "
+        f"{redact(rs.tracking_uri)}, experiment(s) {', '.join(rs.experiments)}: {len(runs)} finished trial runs in the "
         f"tables, {len(rs.excluded)} other trial runs listed under Provenance"
         + (f", {len(_search_trials(rs))} search trials." if not _search_trials(rs).empty else "."),
         "Data sources measured here: " + ("; ".join(sources) if sources else "(none)") + ". Each table covers one "
@@ -212,19 +212,21 @@ def _intro(rs: RunSet, command: str | None) -> tuple[str, ...]:
                      "generated data, not a reproduction of the paper's numbers (which are marked 'paper, real "
                      "I3D features').")
     if command:
-        lines.append(f"Report command: {command}")
+        lines.append(f"Report command: {redact(command)}")
     return tuple(lines)
 
 
 def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: str | None = None,
                    study_name: str | None = None) -> list[Section]:
     runs = rs.runs
+    tables.check_one_run_per_seed(runs)
     blist = tables.blocks(runs)
     sections = []
     for dataset, number in (("thumos14", 1), ("anet12", 2)):
         ts = [tables.map_table(k, b, published) for k, b in blist if k[0] == dataset]
         if ts:
-            sections.append(Section(f"Table {number}: {tables.DATASET_TITLES[dataset]} detection mAP", tables=tuple(ts)))
+            title = f"Table {number}: {tables.DATASET_TITLES[dataset]} detection mAP"
+            sections.append(Section(title, tables=tuple(ts)))
     if not blist:
         sections.append(Section("Table 1: detection mAP", ("No finished trial run with test metrics.",)))
     sections.append(Section("Table 3: ablation (mAP@0.5)", tables=tuple(tables.ablation_table(k, b, published)
@@ -279,7 +281,8 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
     if not rs.excluded.empty:
         prov.append(tables.excluded_table(rs.excluded))
     parents = tuple(f"Parent run {p.run_id} ({p.kind or 'untagged kind'}, experiment {p.experiment}, "
-                    f"status {p.status}): command {p.command or '(not tagged)'}; git {p.git_commit or '(not tagged)'}."
+                    f"status {p.status}): command {redact(p.command) or '(not tagged)'}; "
+                    f"git {p.git_commit or '(not tagged)'}."
                     for p in rs.parents.itertuples())
     sections.append(Section("Provenance", parents, tables=tuple(prov)))
     return sections

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -40,6 +41,15 @@ class RunSet:
     excluded: pd.DataFrame  # trial runs left out of the tables: run_id, status, variant, seed, reason
     parents: pd.DataFrame  # parent runs: run_id, experiment, kind, command, dataset, data_source, ...
     parent_tags: dict = field(default_factory=dict)  # parent run_id -> {tag: value} (all tags)
+
+
+_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")  # scheme://user:PASSWORD@host
+_QUERY_PASSWORD = re.compile(r"((?:password|passwd|pwd|token)=)[^&]*", re.IGNORECASE)
+
+
+def redact(uri: str) -> str:
+    """A URI with any password (user:PASSWORD@host, ?password=...) replaced by '***', for printing."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", uri))
 
 
 def config_group(params: dict[str, str]) -> str:
@@ -74,10 +84,10 @@ def _resolve_experiments(client, experiment: str | None, tracking_uri: str) -> l
     if experiment is not None:
         raise ConfigError(
             f"--experiment {experiment!r}: no MLflow experiment {experiment!r}, 'emmil-{experiment}' or "
-            f"'emmil-sweep-{experiment}' at {tracking_uri}; found {sorted(e.name for e in all_emmil)}"
+            f"'emmil-sweep-{experiment}' at {redact(tracking_uri)}; found {sorted(e.name for e in all_emmil)}"
         )
     if not all_emmil:
-        raise ConfigError(f"no 'emmil-*' MLflow experiment at tracking URI {tracking_uri}")
+        raise ConfigError(f"no 'emmil-*' MLflow experiment at tracking URI {redact(tracking_uri)}")
     return all_emmil
 
 
@@ -131,7 +141,7 @@ def load_runs(tracking_uri: str, *, experiment: str | None = None, parent_run_id
         try:
             parent = client.get_run(parent_run_id)
         except MlflowException:
-            raise ConfigError(f"--run-id {parent_run_id}: no such run at tracking URI {tracking_uri}") from None
+            raise ConfigError(f"--run-id {parent_run_id}: no such run at tracking URI {redact(tracking_uri)}") from None
         if parent.data.tags.get("emmil.role") != "parent":
             raise ConfigError(
                 f"--run-id {parent_run_id}: not a parent run (tag emmil.role="
@@ -161,7 +171,7 @@ def load_runs(tracking_uri: str, *, experiment: str | None = None, parent_run_id
                             | {"reason": reason})
     if not trials:
         where = f"parent run {parent_run_id}" if parent_run_id else f"experiment(s) {sorted(names.values())}"
-        raise DataError(f"no trial runs (tag emmil.role=trial) under {where} at {tracking_uri}")
+        raise DataError(f"no trial runs (tag emmil.role=trial) under {where} at {redact(tracking_uri)}")
 
     parent_columns = ["run_id", "experiment", "status", "kind", "dataset", "data_source", "command", "git_commit"]
     parents = pd.DataFrame(

@@ -168,10 +168,20 @@ def seed_map(group: pd.DataFrame, metric: str) -> dict[int, float]:
         if pd.isna(value):
             continue
         if int(seed) in out:
-            raise DataError(f"two finished runs with seed {seed} in one configuration "
-                            f"({group['variant'].iloc[0]}, run ids {list(group['run_id'])})")
+            dup = group[group["seed"] == seed]
+            raise DataError(
+                f"two finished runs with seed {seed} in one configuration (variant {group['variant'].iloc[0]}, "
+                f"runs {list(dup['run_id'])}, parent runs {sorted(set(dup['parent_run_id']))}): report one "
+                "ablation/sweep at a time with --run-id PARENT")
         out[int(seed)] = float(value)
     return out
+
+
+def check_one_run_per_seed(runs: pd.DataFrame) -> None:
+    """Every (block, row, seed) has one finished run: means and pairs over seeds need it."""
+    for _, block in blocks(runs):
+        for _, group in row_groups(block):
+            seed_map(group, "test_avg_mAP")
 
 
 def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
@@ -287,6 +297,8 @@ def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
                 data.append({"variant": labels[rkey], "baseline": labels[choice.key], "data": data_source,
                              "stage": stage, "metric": metric, "n": d.n, "seeds": " ".join(map(str, d.seeds)),
                              "mean_diff": d.mean, "std_diff": d.std, "ci_low": d.low, "ci_high": d.high})
+    if not rows and not notes:
+        notes.append(f"only '{BASELINE_VARIANT}' runs in this block: nothing to compare against it.")
     notes = [
         f"{DATASET_TITLES[dataset]}, {data_source}, protocol {protocol}. Difference = variant - baseline in mAP "
         "points, paired by seed (only seeds present in both); 95% Student-t interval on the mean difference "

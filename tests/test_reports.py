@@ -288,12 +288,20 @@ def test_errors_name_the_experiment_the_run_and_the_format(store, tmp_path):
         build_report(uri, experiment="nope", out_dir=tmp_path / "a")
     with pytest.raises(ConfigError, match="pdf"):
         build_report(uri, experiment="bad", out_dir=tmp_path / "a", formats="md,pdf")
-    rid = tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant="full", seed=0, metrics=thumos_metrics(0.3, 0.5))
+    rid = tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant="full", seed=0,
+                   metrics=thumos_metrics(0.3, 0.5))
     tr.client.delete_tag(rid, "emmil.data_source")
     with pytest.raises(DataError, match=f"{rid}.*emmil.data_source"):
         build_report(uri, parent_run_id=parent, out_dir=tmp_path / "a")
     with pytest.raises(ConfigError, match="not a parent run"):
         build_report(uri, parent_run_id=rid, out_dir=tmp_path / "a")
+    # The same ablation run twice into one experiment: seed 0 of `full` twice -> ask for one parent.
+    tr.client.set_tag(rid, "emmil.data_source", SYNTH)
+    parent2 = tr.parent(exp, kind="ablation", experiment="bad", dataset="thumos14", source=SYNTH)
+    tr.trial(exp, parent2, dataset="thumos14", source=SYNTH, variant="full", seed=0, metrics=thumos_metrics(0.3, 0.5))
+    with pytest.raises(DataError, match="two finished runs with seed 0.*--run-id PARENT"):
+        build_report(uri, experiment="bad", out_dir=tmp_path / "a")
+    assert (build_report(uri, parent_run_id=parent2, out_dir=tmp_path / "b") / "report.html").is_file()
 
 
 def test_sweep_report_has_search_table_and_optuna_plots(store, tmp_path):
@@ -341,6 +349,8 @@ def test_cli_writes_the_report_and_exits_2_on_bad_input(store, tmp_path, capsys)
                  metrics=thumos_metrics(0.3, 0.5))
     out = tmp_path / "rep"
     assert main(["report", "--experiment", "cli", "--tracking-uri", uri, "--out", str(out), "--format", "md,csv"]) == 0
-    assert (out / "report.md").is_file() and (out / "runs.csv").is_file() and not (out / "report.html").exists()
+    assert (out / "runs.csv").is_file() and not (out / "report.html").exists()
+    md = (out / "report.md").read_text()
+    assert f"Report command: emmil report --experiment cli --tracking-uri {uri} --out {out}" in md
     assert main(["report", "--run-id", "0" * 32, "--tracking-uri", uri, "--out", str(out)]) == 2
     assert "no such run" in capsys.readouterr().err

@@ -94,3 +94,11 @@ def test_format_list_is_checked():
         parse_formats("md,docx")
     with pytest.raises(ConfigError):
         parse_formats("")
+
+
+def test_uris_are_printed_without_passwords():
+    from reports.runs import redact
+
+    assert redact("postgresql://bob:s3cr3t@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert redact("http://h/api?password=abc&x=1") == "http://h/api?password=***&x=1"
+    assert redact("sqlite:////tmp/results/mlflow.db") == "sqlite:////tmp/results/mlflow.db"

@@ -113,7 +113,7 @@ def read_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[st
         classes = tuple(sorted(labels))
     else:
         classes = tuple(classes)
-        check_unique(classes, "class list")
+        check_unique(classes, "class list", "class")
     if not classes:
         raise DataError(f"{json_path}: no class label found in any annotation")
     class_set = frozenset(classes)

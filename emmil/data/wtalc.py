@@ -188,11 +188,11 @@ def check_subset(subset: str, name: str, where: str) -> str:
     return subset
 
 
-def check_unique(names: Sequence[str], where: str) -> None:
+def check_unique(names: Sequence[str], where: str, what: str = "video") -> None:
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise DataError(f"{where}: video {n!r} appears more than once")
+            raise DataError(f"{where}: {what} {n!r} appears more than once")
         seen.add(n)
 
 
@@ -234,7 +234,7 @@ def read_annotations(annotation_dir, name: str) -> WtalcAnnotations:
     if len(subsets) != n:
         raise DataError(f"{d / 'subset.npy'}: subset has {len(subsets)} entries but videoname.npy has {n}")
     classes = _text_array(d / "classlist.npy", "annotation 'classlist'")
-    check_unique(classes, str(d / "classlist.npy"))
+    check_unique(classes, str(d / "classlist.npy"), "class")
     durations = _durations(d / "duration.npy", n)
     segments = _object_list(d / "segments.npy", "annotation 'segments'", n)
     labels = _object_list(d / "labels.npy", "annotation 'labels'", n)

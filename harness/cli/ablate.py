@@ -83,6 +83,10 @@ def launch_from_args(args: argparse.Namespace) -> Launch:
         raise ConfigError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    from harness.preflight import check_ray_address, check_tracking_uri
+
+    check_tracking_uri(args.tracking_uri)  # seconds, not minutes of retries (issue 6)
+    check_ray_address(args.address)
     return Launch(
         results=check_results_dir(args.results),  # before any work starts
         tracking_uri=args.tracking_uri, address=args.address, cpus_per_trial=args.cpus_per_trial,
@@ -115,6 +119,7 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     from harness import runner, tracking
     from harness.ray_tune import Resources, put_dataset, ray_session, result_rows, tune_trials
 
+    check_results_dir(launch.results)  # writable, with free space, before any work
     trials = expand_trials(experiment, seeds)
     for t in trials:  # every trial's config is valid before anything starts
         try:

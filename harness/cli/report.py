@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
@@ -28,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optuna-storage", metavar="URL", default=None,
                         help="Optuna RDB storage URL of a sweep's study (optimisation history, importances)")
     parser.add_argument("--study", metavar="NAME", default=None,
-                        help="Optuna study name (default: from the parent run's tags or the emmil-sweep-NAME experiment)")
+                        help="Optuna study name (default: the parent run's tags, or NAME of emmil-sweep-NAME)")
 
 
 def _absolute_uri(uri: str) -> str:
@@ -37,6 +36,17 @@ def _absolute_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix):]).resolve())
     return uri
+
+
+def _command_line(args: argparse.Namespace, uri: str) -> str:
+    """The invocation, rebuilt from the parsed options (for the report's provenance)."""
+    parts = ["emmil", "report"]
+    for flag, value in (("--experiment", args.experiment), ("--run-id", args.run_id), ("--tracking-uri", uri),
+                        ("--out", args.out), ("--format", args.format), ("--optuna-storage", args.optuna_storage),
+                        ("--study", args.study)):
+        if value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"--tracking-uri {uri}: no such SQLite file (nothing has been tracked there)")
     out = args.out or Path(f"report-{args.experiment or (args.run_id or 'all')[:12]}")
-    command = "emmil report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    command = _command_line(args, uri)
     path = build_report(uri, experiment=args.experiment, parent_run_id=args.run_id, out_dir=out, formats=formats,
                         optuna_storage=args.optuna_storage, study_name=args.study, command=command)
     for name in ("report.md", "report.html", "report.tex", "runs.csv"):

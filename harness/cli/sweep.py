@@ -18,7 +18,7 @@ from emmil.errors import ConfigError
 from harness.cli.ablate import (
     TEST_METRICS, Launch, Outcome, add_shared_arguments, dataset_loader, launch_from_args, prepare_fresh_tune_dir,
 )
-from harness.experiments import SearchSpace, check_safe_name, load_space, summary_table
+from harness.experiments import SearchSpace, check_results_dir, check_safe_name, load_space, summary_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +48,7 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
     from harness import runner, tracking
     from harness.ray_tune import Resources, put_dataset, ray_session, result_rows, tune_trials
 
+    check_results_dir(launch.results)  # writable, with free space, before any work
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if final_seeds < 0:

@@ -187,6 +187,9 @@ def test_killed_driver_is_resumed_and_only_missing_trials_run(ray_cluster, tiny_
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the private Ray it started
         proc.wait(timeout=30)
     assert finished_first is not None, "driver ended before finishing a trial"
+    import json
+
+    assert json.loads((results / "resume" / "harness.json").read_text())["stage"] == "started"  # unfinished
 
     launch = Launch(results=results, overrides={**TINY, "train.epochs": 4}, max_concurrent=1, report=False,
                     resume=True)

@@ -1,0 +1,33 @@
+"""Fault-injection suite (issue 6): shared fixtures and the `FAULTS:` lines in pytest's terminal summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faultlib import RECORDS, kill_leftovers, rmtree, short_tmp
+
+
+@pytest.fixture(scope="session")
+def fault_data(tmp_path_factory) -> Path:
+    """A semi-synthetic THUMOS14 folder, dim 8 per stream, 8 train + 8 test videos (W-TALC layout)."""
+    from emmil.data.synth import write_synthetic
+
+    return write_synthetic("thumos14", tmp_path_factory.mktemp("faultdata") / "data", dim=8, seed=0, max_videos=8)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A private, short Ray temp root for one test; whatever still runs under it is killed by pid."""
+    path = short_tmp("rf")
+    yield path
+    kill_leftovers(str(path))
+    rmtree(path)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RECORDS:
+        terminalreporter.section("fault injection")
+        for line in RECORDS:
+            terminalreporter.write_line(line)
