@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -189,6 +188,8 @@ def emmil_trial(config: dict, data=None) -> None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     trial_dir = Path(ctx.get_trial_dir())
     features = shared_features(data, device)
+    # 1.0 when the trial trains on the object store's buffer itself (CPU): no private copy of the data
+    zero_copy = float(features.data_ptr() == data.features.ctypes.data)
     yielded = False
     for result in core.fit(cfg, data, device=device, resume=state, features=features):
         yielded = True
@@ -214,7 +215,8 @@ def emmil_trial(config: dict, data=None) -> None:
         report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
                        "mlflow_run_id": tracker.run_id or "", "trial_key": trial_id,
                        "variant": tags["emmil.variant"], "seed": cfg.seed,
-                       "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device)})
+                       "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device),
+                       "features_zero_copy": zero_copy})
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"state": result.state(), "run_id": tracker.run_id, "report": report},
                        Path(tmp) / CHECKPOINT_FILE)

@@ -139,7 +139,7 @@ def prepare_store(uri: str, experiment_name: str, artifact_root: str | os.PathLi
 def start_parent_run(target_uri: str, experiment_id: str, name: str, tags: Mapping[str, str],
                      params: Mapping[str, Any] = {}) -> str:
     """Open the parent run of an ablation/sweep with its tags and params; returns its id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     c = client(target_uri)
     run = c.create_run(experiment_id, tags={"emmil.role": "parent", **tags}, run_name=name)
@@ -200,6 +200,10 @@ class TrialRun:
         self.run_id = run_id
         self.failed_flushes = 0
         self.last_error = ""
+        # metric key -> highest step logged: a trial restored from an older checkpoint than its last
+        # logged epoch (worker SIGKILLed between logging and checkpointing) replays those epochs;
+        # their metrics are not logged twice (issue 6: a contiguous history, each epoch once).
+        self.logged_steps: dict[str, int] = {}
         self.pending: list[dict] = self._load_pending()
         self._client = None
         self._last_flush = 0.0
@@ -222,6 +226,7 @@ class TrialRun:
                 if op.get("op") == "_state":  # bookkeeping line: counts survive a restart
                     self.failed_flushes = int(op.get("failed_flushes", 0))
                     self.run_id = self.run_id or op.get("run_id")
+                    self.logged_steps = {k: int(v) for k, v in (op.get("logged_steps") or {}).items()}
                 else:
                     ops.append(op)
         return ops
@@ -229,7 +234,8 @@ class TrialRun:
     def _persist(self) -> None:
         self.buffer_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.buffer_path.with_suffix(".tmp")
-        lines = [json.dumps({"op": "_state", "failed_flushes": self.failed_flushes, "run_id": self.run_id})]
+        lines = [json.dumps({"op": "_state", "failed_flushes": self.failed_flushes, "run_id": self.run_id,
+                             "logged_steps": self.logged_steps})]
         lines += [json.dumps(op) for op in self.pending]
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.buffer_path)
@@ -242,8 +248,9 @@ class TrialRun:
         self._add({"op": "params", "values": {k: str(v)[:6000] for k, v in params.items()}})
 
     def log_metrics(self, values: Mapping[str, Any], step: int) -> None:
-        items = metric_items(values)
+        items = {k: v for k, v in metric_items(values).items() if int(step) > self.logged_steps.get(k, -(2**62))}
         if items:
+            self.logged_steps.update({k: int(step) for k in items})
             self._add({"op": "metrics", "step": int(step), "ts": int(time.time() * 1000), "values": items})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

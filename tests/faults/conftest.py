@@ -11,10 +11,11 @@ from faultlib import RECORDS, kill_leftovers, rmtree, short_tmp
 
 @pytest.fixture(scope="session")
 def fault_data(tmp_path_factory) -> Path:
-    """A semi-synthetic THUMOS14 folder, dim 8 per stream, 8 train + 8 test videos (W-TALC layout)."""
+    """A semi-synthetic THUMOS14 folder, dim 8 per stream, 16 train + 16 test videos (W-TALC layout):
+    enough for a held-out validation slice (2 videos at train.val_fraction=0.3) for sweeps."""
     from emmil.data.synth import write_synthetic
 
-    return write_synthetic("thumos14", tmp_path_factory.mktemp("faultdata") / "data", dim=8, seed=0, max_videos=8)
+    return write_synthetic("thumos14", tmp_path_factory.mktemp("faultdata") / "data", dim=8, seed=0, max_videos=16)
 
 
 @pytest.fixture

@@ -79,6 +79,8 @@ def test_ablation_writes_one_parent_and_one_child_per_trial(ablation):
         assert sorted(a.path for a in c.list_artifacts(run.info.run_id)) == [
             "config.yaml", "metrics.json", "predictions.json", "timelines.json"]
     assert "full" in ablation.summary and "joint" in ablation.summary and "(2)" in ablation.summary
+    # every trial trained on the object store's read-only buffer, not on a private copy of the data
+    assert [r["features_zero_copy"] for r in ablation.rows] == [1.0] * 4
 
 
 def test_crashed_trial_resumes_from_its_checkpoint_in_the_same_run(ablation):
