@@ -385,8 +385,9 @@ class CommandRun:
 
 
 def run_command(cmd: list[str], *, log_path: Path, timeout: float, env: dict | None = None,
-                peak: "PeakMemory | None" = None, interval: float = 0.25) -> tuple[CommandRun, "PeakMemory | None"]:
-    """Run `cmd` with output to `log_path`; optionally sample its process tree's memory meanwhile.
+                interval: float = 0.25) -> tuple[CommandRun, "PeakMemory | None"]:
+    """Run `cmd` with output to `log_path`; with interval > 0, sample its process tree's memory meanwhile
+    (the PeakMemory is returned; None with interval 0, for timed runs that must not share the CPU).
 
     Raises RuntimeError (with the log's tail) when the command fails or times out.
     """
@@ -396,7 +397,7 @@ def run_command(cmd: list[str], *, log_path: Path, timeout: float, env: dict | N
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or bench_env(),
                                 cwd=REPO, start_new_session=True)
-        sampler = PeakMemory(proc.pid, interval=interval) if peak is None and interval > 0 else peak
+        sampler = PeakMemory(proc.pid, interval=interval) if interval > 0 else None
         try:
             if sampler is not None:
                 with sampler:

@@ -44,7 +44,7 @@ if [[ "$SMOKE" == 1 ]]; then
 else
   DIM=1024; MAXV=""; DEVICE=cuda; PRESET=paper; TRAIN_EPOCHS=""; MATMUL_N=8192; REPEATS=50
   SEEDS=5; GPUS=0.25; CPUS="${GPU_CPUS_PER_TRIAL:-3}"; CONC="${GPU_MAX_CONCURRENT:-4}"; ABL_PRESET=paper; ABL_EPOCHS=""
-  T_PYTEST=60; T_DATA=90; T_TRAIN=120; T_ABLATE=190
+  T_PYTEST=45; T_DATA=60; T_TRAIN=180; T_ABLATE=190
 fi
 
 STATUS_FILE="$OUTDIR/steps.tsv"
@@ -103,7 +103,7 @@ rm -rf "$OUTDIR/ablate_results"
 T0=$SECONDS
 step ablate "$T_ABLATE" "${EMMIL[@]}" ablate "$EXP" --dataset thumos14 --data-dir "$DATA" --preset "$ABL_PRESET" \
   --seeds "$SEEDS" --max-concurrent "$CONC" --results "$OUTDIR/ablate_results" \
-  --cpus-per-trial "$CPUS" --gpus-per-trial "$GPUS"
+  --cpus-per-trial "$CPUS" --gpus-per-trial "$GPUS" --no-report
 ABL_WALL=$((SECONDS - T0))
 if [[ -n "$SMI_PID" ]]; then kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; fi
 if [[ -s "$OUTDIR/nvidia_smi.csv" ]]; then
@@ -126,6 +126,12 @@ for name in ("gpu_train", "gpu_util"):
     path = out / f"{name}.json"
     if path.exists():
         res[name] = json.loads(path.read_text())
+abl_log = out / "ablate.log"
+if abl_log.exists():  # progress lines "[i/N] trial <name> done ..." (the count survives a time-out)
+    import re
+    done = re.findall(r"^\[\d+/(\d+)\] trial \S+ done", abl_log.read_text(), re.MULTILINE)
+    res["ablation"]["trials_done"] = len(done)
+    res["ablation"]["trials_total"] = int(done[0]) if done else None
 log = out / "pytest_cuda.log"
 if log.exists():
     res["pytest_cuda_summary"] = (log.read_text().strip().splitlines() or [""])[-1]

@@ -223,6 +223,8 @@ def cmd_train(args) -> dict:
         figures["run_flop"] = flops
         figures["achieved_flops_per_s"] = round(flops / seconds, -6)
         figures["ratio_vs_fp32_matmul"] = round(flops / seconds / rates["fp32"], 4)
+    if args.json:  # the run's figures survive a time-out in the step benchmark below
+        _write_json(args.json, {"benchmark": "gpu_train", **figures, "step": "not finished", "machine": machine})
     compile_heads = args.compile == "on" or (args.compile == "auto" and dev.type == "cuda")
     figures["step"] = step_benchmark(cfg, dataset, features, dev, args.step_repeats, compile_heads)
     if dev.type == "cuda":
@@ -261,12 +263,16 @@ def cmd_gpu_util(args) -> dict:
     return emit_result("gpu_util", figures)
 
 
+def _write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     record = cmd_train(args) if args.command == "train" else cmd_gpu_util(args)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2, default=str))
+        _write_json(args.json, record)
     return 0
 
 

@@ -13,7 +13,9 @@ The fixed costs are split out with the MLflow child runs' start/end times (read 
   driver_startup_s   launch -> first child run started (imports, ray.init, object store put, MLflow store)
   per_trial_fixed_s  (P * (wall - driver_startup - teardown) - bare_sum) / k: what each trial costs beyond its bare work,
                      whatever the source (worker start, imports in the worker, tracking, scheduling, teardown)
-  in_trial_tracking_s  mean(child run duration) - mean(bare trial time)  (positive: logging and artifacts)
+  in_trial_extra_s   mean(child run duration) - mean(bare trial time): what a trial spends inside its MLflow
+                     run beyond the bare work (logging, artifacts, checkpoints, and compute slowed by the
+                     other concurrent trial sharing memory bandwidth)
   bare_trial_seconds_for_target  the bare trial length T at which these fixed costs give ratio 1.15:
                      wall ~ S + (k/P)(T + f), S = startup + teardown -> T = (S + (k/P) f) / (0.15 k/P)
 
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
         teardown = max(0.0, run.start_unix + wall - last_end)
         figures["driver_teardown_seconds"] = round(teardown, 2)
         figures["per_trial_fixed_seconds"] = round((p * (wall - startup - teardown) - bare_sum) / k, 2)
-        figures["in_trial_tracking_seconds"] = round(
+        figures["in_trial_extra_seconds"] = round(
             statistics.mean(e - s for s, e in spans) - statistics.mean(bare), 2)
         # Model wall = S + (k/P)(T + f) with S = driver startup + teardown, f = per-trial fixed cost:
         # the ratio reaches the 1.15 target once a bare trial lasts T >= (S + (k/P) f) / (0.15 k/P).

@@ -68,7 +68,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": True, "logging_level": "ERROR"}
     if address:
-        ray.init(address=address, **kwargs)
+        # The cluster's processes did not inherit our environment: pass what the trials need.
+        env = {k: os.environ[k] for k in ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO",) if k in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": {**env, **TRIAL_MLFLOW_ENV}}, **kwargs)
     else:
         # address="local": a private instance even if a stale /tmp/ray/ray_current_cluster exists.
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
@@ -160,7 +162,7 @@ def emmil_trial(config: dict, data=None) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            blob = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            blob = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)  # no code in a checkpoint
         state, run_id, last_report = blob["state"], blob.get("run_id"), blob.get("report")
 
     import ray
@@ -211,7 +213,8 @@ def emmil_trial(config: dict, data=None) -> None:
             tracker.terminate("FINISHED")
             delivered = tracker.flush_with_retries()
         else:
-            delivered = tracker.maybe_flush(FLUSH_EVERY_S)
+            # a search trial can be stopped by the scheduler at any report: deliver every epoch
+            delivered = tracker.maybe_flush(0.0 if run["stage"] == "search" else FLUSH_EVERY_S)
         report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
                        "mlflow_run_id": tracker.run_id or "", "trial_key": trial_id,
                        "variant": tags["emmil.variant"], "seed": cfg.seed,

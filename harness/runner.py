@@ -63,6 +63,38 @@ def write_state(place: RunPlace, state: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def check_place(place: RunPlace, *, resume: bool) -> dict | None:
+    """The cheap checks of `open_parent`, done before anything starts: a fresh start on a folder that
+    already holds a run is refused (nothing is overwritten); a resume without one is refused too."""
+    check_safe_name(place.name, "run name")
+    state = read_state(place)
+    if state is not None and not resume:
+        raise ConfigError(
+            f"{place.root} already holds the {state.get('kind', 'run')} with parent run {state.get('parent_run_id')} "
+            f"(stage {state.get('stage')}); pass --resume to finish it, or choose another --results directory"
+        )
+    if state is None and resume:
+        raise ConfigError(f"--resume: nothing to resume at {place.root} (no {STATE_FILE})")
+    return state
+
+
+def prewarm_tracking(uri: str):
+    """Import MLflow and open (for a new SQLite file: create) the tracking store in a background thread,
+    so that those 4-8 s overlap data loading and Ray's start. MLflow caches the store per URI. Join the
+    returned thread before any other MLflow call (two threads must not create one store)."""
+    import threading
+
+    def warm() -> None:
+        try:
+            tracking.client(uri).search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 - open_parent reports a store problem with its own message
+            pass
+
+    thread = threading.Thread(target=warm, name="mlflow-prewarm", daemon=True)
+    thread.start()
+    return thread
+
+
 def open_parent(place: RunPlace, *, resume: bool, kind: str, tags: Mapping[str, str],
                 params: Mapping[str, Any] = {}) -> tuple[tracking.TrackingTarget, dict]:
     """Create the MLflow experiment and parent run (fresh) or reopen them (--resume).
@@ -70,16 +102,7 @@ def open_parent(place: RunPlace, *, resume: bool, kind: str, tags: Mapping[str, 
     A fresh start on a folder that already holds a run is refused (nothing is overwritten); a resume
     without one is refused too. Returns the target that trials log to and the harness state.
     """
-    check_safe_name(place.name, "run name")
-    state = read_state(place)
-    if state is not None and not resume:
-        raise ConfigError(
-            f"{place.root} already holds the {state.get('kind', 'run')} with parent run {state.get('parent_run_id')} "
-            f"(stage {state.get('stage')}); "
-            "pass --resume to finish it, or choose another --results directory"
-        )
-    if state is None and resume:
-        raise ConfigError(f"--resume: nothing to resume at {place.root} (no {STATE_FILE})")
+    state = check_place(place, resume=resume)
     redacted = tracking.redact_uri(place.tracking_uri)
     if state is not None:
         if state.get("tracking_uri") != redacted:
@@ -109,7 +132,7 @@ def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: li
     the tag emmil.stopped_early=true; an errored trial's run is closed FAILED.
     Returns counts {"flushed_late": n, "killed": n, "failed": n, "undelivered": n}.
     """
-    counts = {"flushed_late": 0, "killed": 0, "failed": 0, "undelivered": 0}
+    counts = {"flushed_late": 0, "killed": 0, "failed": 0, "undelivered": 0, "orphaned": 0}
     by_key = {str(r.get("trial_key")): r for r in rows if r.get("trial_key")}
     stems = {_file_stem(k): k for k in by_key}
     if buffer_dir.is_dir():
@@ -117,19 +140,43 @@ def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: li
             run = tracking.TrialRun(target, stems.get(path.stem, path.stem), {}, path)
             if not run.pending:
                 continue
+            if path.stem not in stems and run.run_id is None:
+                # A trial Tune no longer knows (the driver was SIGKILLed before its experiment state listed
+                # it) that never created its run: a re-sampled trial replaces it; creating a run here would
+                # add a duplicate under a made-up id (found by tests/faults, issue 6).
+                counts["orphaned"] += 1
+                continue
             counts["flushed_late" if run.flush() else "undelivered"] += 1
     for child in tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id):
         if child.info.status != "RUNNING":
             continue
         key = child.data.tags.get("emmil.trial_id", "")
         row = by_key.get(key, {})
-        if row.get("error"):
+        if key not in by_key:  # an orphaned attempt (see above) that had created its run
+            tracking.finish_run(target.uri, child.info.run_id, "KILLED", {"emmil.orphaned": "true"})
+            counts["orphaned"] += 1
+        elif row.get("error"):
             tracking.finish_run(target.uri, child.info.run_id, "FAILED", {"emmil.error": str(row["error"])[:4000]})
             counts["failed"] += 1
         else:
             tracking.finish_run(target.uri, child.info.run_id, "KILLED", {"emmil.stopped_early": "true"})
             counts["killed"] += 1
     return counts
+
+
+def tracking_summary(rows: list[Mapping[str, Any]], closed: Mapping[str, int], buffer_dir: Path) -> str:
+    """One line for the end-of-run summary: were metrics delayed by a tracking outage, and are they all
+    delivered now? rows: per-trial last results (`tracking_delayed_flushes` = failed flush attempts)."""
+    attempts = [int(r.get("tracking_delayed_flushes") or 0) for r in rows]
+    delayed = sum(1 for a in attempts if a > 0)
+    undelivered = int(closed.get("undelivered", 0))
+    if not delayed and not undelivered:
+        return "tracking:          every metric delivered as it was logged"
+    text = (f"tracking:          server unavailable for a while: {delayed} trial(s) buffered their metrics "
+            f"({sum(attempts)} failed flush attempt(s)); ")
+    if undelivered:
+        return text + f"{undelivered} trial buffer(s) still NOT delivered (kept in {buffer_dir}; --resume delivers them)"
+    return text + "all buffered metrics delivered, none lost"
 
 
 def _file_stem(trial_id: str) -> str:

@@ -115,6 +115,9 @@ class TrackingTarget:
 
 
 def client(uri: str):
+    # MLflow prints "View run <name> at: <tracking URI>/#/..." when a run ends: with a URI that carries
+    # a password that leaks it to stdout and every log (found by tests/faults, issue 6).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

@@ -129,22 +129,18 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     uri = launch.tracking_uri or tracking.default_tracking_uri(launch.results)
     place = runner.RunPlace(launch.results, experiment.name, uri, f"emmil-{experiment.name}")
     command = command or runner.command_line()
+    runner.check_place(place, resume=launch.resume)  # before anything starts
+    warm = runner.prewarm_tracking(uri)  # overlaps data loading and ray.init
     take, meta = runner.load_once(load_data)
     if meta["name"] != dataset:
         raise ConfigError(f"--dataset {dataset!r} but the data at {meta['path']} is {meta['name']!r}")
     common_tags = {"emmil.experiment": experiment.name, "emmil.dataset": dataset, "emmil.data_source": meta["source"],
                    "emmil.command": command, "emmil.git_commit": tracking.git_commit()}
-    target, state = runner.open_parent(
-        place, resume=launch.resume, kind="ablation", tags=common_tags,
-        params={"experiment": experiment.name, "dataset": dataset, "preset": preset, "seeds": seeds,
-                "variants": ",".join(v.name for v in experiment.variants),
-                **{f"set.{k}": v for k, v in launch.overrides.items()}},
-    )
     out(f"emmil ablate {experiment.name}: {len(experiment.variants)} variants x {seeds} seeds = {len(trials)} trials "
         f"on {dataset} ({meta['source']}), preset {preset}")
     run_common = {
         "dataset": dataset, "preset": preset, "stage": "ablation", "eval_test": True,
-        "tracking": target.to_dict(), "buffer_dir": str(place.buffer_dir), "fail_once": launch.fail_once,
+        "tracking": None, "buffer_dir": str(place.buffer_dir), "fail_once": launch.fail_once,
         "tags": {**common_tags, "emmil.stage": "ablation"},
     }
     trial_space = [
@@ -157,6 +153,14 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     resources = Resources(launch.cpus_per_trial, launch.gpus_per_trial, launch.max_concurrent)
     t0 = time.time()
     with ray_session(launch.address):
+        warm.join()
+        target, state = runner.open_parent(
+            place, resume=launch.resume, kind="ablation", tags=common_tags,
+            params={"experiment": experiment.name, "dataset": dataset, "preset": preset, "seeds": seeds,
+                    "variants": ",".join(v.name for v in experiment.variants),
+                    **{f"set.{k}": v for k, v in launch.overrides.items()}},
+        )
+        run_common["tracking"] = target.to_dict()
         prepare_fresh_tune_dir(place.root, "ablation", launch.resume)
         grid = tune_trials(put_dataset(take), name="ablation", storage=place.root,
                            param_space={"trial": tune.grid_search(trial_space), "run": run_common},
@@ -181,6 +185,7 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     out(f"{experiment.name} on {dataset} [{meta['source']}], stage ablation, {len(ok)}/{len(trials)} trials ok, "
         f"{wall:.0f} s")
     out(summary)
+    out(runner.tracking_summary(rows, closed, place.buffer_dir))
     out(runner.locations(place, target))
     if launch.report:
         out(runner.build_report(place, target, command=command))

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search-space YAML (a path, or a name in ablations/spaces/: thumos14, anet12)")
     parser.add_argument("--scheduler", default="asha", choices=("asha", "median", "none"),
                         help="early stopping on the per-epoch val_avg_mAP (default asha)")
-    parser.add_argument("--study", default=None, help="Optuna study name (default <dataset>-<space name>)")
+    parser.add_argument("--study", default=None, help="Optuna study name (default: the space name, prefixed with the dataset if it lacks it)")
     parser.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///<results>/optuna.db)")
     parser.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     parser.add_argument("--final-seeds", type=int, default=3,
@@ -71,26 +71,30 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                 "the search objective needs a held-out slice: raise train.val_fraction or use more videos"
             )
 
+    runner.check_place(place, resume=launch.resume)  # before anything starts
+    warm = runner.prewarm_tracking(uri)  # overlaps data loading and ray.init
     take, meta = runner.load_once(load_data, has_validation_slice)
     if meta["name"] != dataset:
         raise ConfigError(f"--dataset {dataset!r} but the data at {meta['path']} is {meta['name']!r}")
     common_tags = {"emmil.experiment": f"sweep-{study}", "emmil.dataset": dataset, "emmil.data_source": meta["source"],
                    "emmil.command": command, "emmil.git_commit": tracking.git_commit()}
-    target, state = runner.open_parent(
-        place, resume=launch.resume, kind="sweep", tags={**common_tags, "emmil.study": study},
-        params={"study": study, "space": space.path, "dataset": dataset, "preset": preset, "trials": trials,
-                "scheduler": scheduler, "sampler": "TPE", "sampler_seed": sampler_seed, "final_seeds": final_seeds,
-                "optuna_storage": tracking.redact_uri(storage_url), "objective": osearch.OBJECTIVE,
-                **{f"set.{k}": v for k, v in launch.overrides.items()}},
-    )
     resources = Resources(launch.cpus_per_trial, launch.gpus_per_trial, launch.max_concurrent)
-    run_common = {"dataset": dataset, "preset": preset, "tracking": target.to_dict(),
+    run_common = {"dataset": dataset, "preset": preset, "tracking": None,
                   "buffer_dir": str(place.buffer_dir), "fail_once": launch.fail_once}
     t0 = time.time()
     from ray import tune
 
     final_rows: list[dict] = []
     with ray_session(launch.address):
+        warm.join()
+        target, state = runner.open_parent(
+            place, resume=launch.resume, kind="sweep", tags={**common_tags, "emmil.study": study},
+            params={"study": study, "space": space.path, "dataset": dataset, "preset": preset, "trials": trials,
+                    "scheduler": scheduler, "sampler": "TPE", "sampler_seed": sampler_seed, "final_seeds": final_seeds,
+                    "optuna_storage": tracking.redact_uri(storage_url), "objective": osearch.OBJECTIVE,
+                    **{f"set.{k}": v for k, v in launch.overrides.items()}},
+        )
+        run_common["tracking"] = target.to_dict()
         data_ref = put_dataset(take)  # once, for both stages; the driver keeps no copy
         # ---- search
         if state.get("stage") in (None, "started", "search"):
@@ -114,7 +118,12 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                 progress_label="search trial",
             )
             search_rows = result_rows(grid)
-            runner.close_trial_runs(target, place.buffer_dir, search_rows)
+            closed = runner.close_trial_runs(target, place.buffer_dir, search_rows)
+            out(runner.tracking_summary(search_rows, closed, place.buffer_dir).replace("tracking: ", "search tracking:", 1))
+            orphans = osearch.fail_orphaned_trials(storage_url, study)
+            if orphans:
+                out(f"search: {orphans} Optuna trial(s) started before the driver was killed were lost with it; "
+                    "marked FAIL in the study (their configurations were sampled again)")
             best = osearch.pick_best(search_rows)
             state = {**state, "stage": "search-done", "best_params": best["search"],
                      "best_value": best.get(osearch.OBJECTIVE), "best_trial": best.get("trial_key", ""),
@@ -143,7 +152,8 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                 max_failures=launch.max_failures, progress_total=final_seeds, progress_label="final trial",
             )
             final_rows = _final_rows_label(result_rows(grid))
-            runner.close_trial_runs(target, place.buffer_dir, final_rows)
+            closed = runner.close_trial_runs(target, place.buffer_dir, final_rows)
+            out(runner.tracking_summary(final_rows, closed, place.buffer_dir).replace("tracking: ", "final tracking:", 1))
     ok = [r for r in final_rows if not r.get("error") and "test_avg_mAP" in r]
     wall = time.time() - t0
     status = "FINISHED" if len(ok) == final_seeds else "FAILED"
@@ -175,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None:
         raise ConfigError(f"{space.path}: no dataset in the space file; pass --dataset")
     preset = args.preset or "paper"
-    study = args.study or f"{dataset}-{space.name}"
+    study = args.study or (space.name if space.name.startswith(dataset) else f"{dataset}-{space.name}")
     launch = launch_from_args(args)
     outcome = run_sweep(space, dataset=dataset, preset=preset, trials=args.trials, scheduler=args.scheduler,
                         study=study, storage=args.storage, sampler_seed=args.seed, final_seeds=args.final_seeds,

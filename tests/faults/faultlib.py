@@ -27,6 +27,19 @@ TINY_SET = ["--set", "model.hidden=8", "--set", "model.cls_hidden=8", "--set", "
 # A secret in the driver's environment: it must appear in no param, tag or artifact.
 SECRET_ENV = {"EMMIL_FAULT_SECRET": "s3cr3t-do-not-log-8841", "AWS_SECRET_ACCESS_KEY": "s3cr3t-aws-8841"}
 
+# Two variants with IDENTICAL configs: one is the fault's victim, the other the uninterrupted reference.
+TWIN = """name: twin
+description: two identical trials; `a` is killed, `b` is the uninterrupted reference
+dataset: thumos14
+preset: quick
+seeds: 1
+variants:
+  - name: a
+    overrides: {variant: full}
+  - name: b
+    overrides: {variant: full}
+"""
+
 RECORDS: list[str] = []  # FAULTS lines, printed again by conftest's terminal summary
 
 
@@ -65,14 +78,16 @@ class Cli:
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def output(self) -> str:
-        self._fh.flush()
+        if not self._fh.closed:
+            self._fh.flush()
         return self.log.read_text()
 
     def wait(self, timeout: float) -> int:
         try:
             return self.proc.wait(timeout=timeout)
         finally:
-            self._fh.flush()
+            if not self._fh.closed:
+                self._fh.flush()
 
     def kill_group(self) -> None:
         """SIGKILL the driver and every process of its session (its private Ray)."""

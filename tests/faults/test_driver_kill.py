@@ -59,16 +59,24 @@ def test_killed_sweep_driver_resumes_only_the_missing_trials(tmp_path, fault_dat
     out2 = second.output()
     assert code == 0, out2[-3000:]
 
-    # Optuna: the study went on from its stored trials, nothing duplicated
+    # Optuna: the study went on from its stored trials, nothing duplicated. A trial started after
+    # Tune's last experiment-state save is unknown to the resumed search: it is re-sampled and the
+    # lost attempt is marked FAIL (never left RUNNING).
     study = optuna.load_study(study_name="thumos14-tiny", storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    lost_attempts = [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE]
     assert len(complete) == TRIALS, [(t.number, t.state) for t in study.trials]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in lost_attempts)
     for number, t in before.items():  # kept, not re-sampled
         assert study.trials[number].params == t.params and study.trials[number].value == t.value
 
     # MLflow: one parent, one run per search trial + the final one; every epoch once in each
     c, parents, children = mlflow_tree(f"sqlite:///{results}/mlflow.db", "emmil-sweep-thumos14-tiny")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    orphaned = {k: v for k, v in children.items() if v[0].data.tags.get("emmil.orphaned") == "true"}
+    children = {k: v for k, v in children.items() if k not in orphaned}
+    assert all(k.startswith("thumos14-tiny/") for k in children)  # no run under a made-up id
+    assert len(orphaned) <= len(lost_attempts)
     search = {k: v for k, v in children.items() if v[0].data.tags["emmil.stage"] == "search"}
     final = {k: v for k, v in children.items() if v[0].data.tags["emmil.stage"] == "final-test"}
     duplicated = sum(len(v) - 1 for v in children.values())
@@ -88,4 +96,21 @@ def test_killed_sweep_driver_resumes_only_the_missing_trials(tmp_path, fault_dat
 
     report("driver SIGKILL mid-search (sweep --resume)", injected=1, completed=len(children),
            total=TRIALS + 1, lost=lost, duplicated=duplicated,
-           extra=f"{len(before)} search trials kept from before the kill, study at {len(complete)}/{TRIALS}")
+           extra=f"{len(before)} search trial(s) kept from before the kill, study {len(complete)}/{TRIALS} complete, "
+                 f"{len(lost_attempts)} attempt(s) lost with the driver marked FAIL and re-sampled")
+
+
+def test_orphaned_optuna_trial_is_marked_failed(tmp_path):
+    # The unit behind the resume above: a trial left RUNNING by a killed driver (Tune re-sampled it)
+    # is marked FAIL once the search returns; completed trials are untouched.
+    from harness.optuna_search import fail_orphaned_trials
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    done = study.ask()
+    study.tell(done, 0.5)
+    study.ask()  # started, never told: the phantom
+    assert fail_orphaned_trials(url, "s") == 1
+    states = [t.state for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert fail_orphaned_trials(url, "s") == 0

@@ -15,21 +15,10 @@ import time
 import pytest
 
 from faultlib import (
-    SECRET_ENV, TINY_SET, Cli, env_for, latest_checkpoint, mlflow_tree, report, steps, trial_worker, wait_for,
+    SECRET_ENV, TINY_SET, TWIN, Cli, env_for, latest_checkpoint, mlflow_tree, report, steps, trial_worker, wait_for,
 )
 
 EPOCHS = 14
-TWIN = """name: twin
-description: two identical trials; `a` is killed, `b` is the uninterrupted reference
-dataset: thumos14
-preset: quick
-seeds: 1
-variants:
-  - name: a
-    overrides: {variant: full}
-  - name: b
-    overrides: {variant: full}
-"""
 
 
 def _kill_after(trial: str, tune_dir, at_least: int, timeout: float = 150) -> int:
