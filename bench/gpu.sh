@@ -11,7 +11,8 @@
 #                                      rate measured in the same process, bf16 autocast / torch.compile
 #   4. emmil ablate table3             5 seeds, 0.25 GPU per trial (4 trials per GPU), with nvidia-smi
 #                                      sampled every 0.5 s in the background: wall time, GPU utilisation
-# Everything goes under $OUT if set, else bench/out/gpu/: gpu_results.json (all figures), *.log.
+# Results go under $OUT if set, else bench/out/gpu/: gpu_results.json (all figures), *.log; the data and
+# the ablation's results dir go under $GPU_WORK_DIR (default $TMPDIR or /tmp, emmil-gpu-work/).
 # Environment: PYTHON (interpreter; default .venv/bin/python if present, else python3),
 # GPU_CPUS_PER_TRIAL (default 3), GPU_MAX_CONCURRENT (default 4), STEP_TIMEOUT_SCALE (default 1).
 set -u -o pipefail
@@ -20,7 +21,7 @@ SMOKE="${EMMIL_GPU_SMOKE:-0}"
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown argument $arg (use --cpu-smoke or --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,7 +73,11 @@ if [[ "${GPU_SKIP_PYTEST:-0}" != 1 ]]; then
 fi
 
 # 2. Data.
-DATA="$OUTDIR/data/thumos14-d$DIM"
+# Data and the ablation's results dir (checkpoints, MLflow store) stay OUT of $OUT: the dim-1024 array
+# is 1.1 GB, and everything under $OUT is copied back from a device machine.
+WORK="${GPU_WORK_DIR:-${TMPDIR:-/tmp}/emmil-gpu-work}"
+mkdir -p "$WORK"
+DATA="$WORK/data/thumos14-d$DIM"
 step data "$T_DATA" "$PY" -c "
 import sys; from pathlib import Path
 from emmil.data.synth import write_synthetic
@@ -87,7 +92,7 @@ step train "$T_TRAIN" "$PY" bench/gpu_bench.py train --data-dir "$DATA" --varian
 # 4. Table-3 ablation, 5 seeds, fractional GPUs, utilisation sampled in the background.
 EXP="table3"
 if [[ -n "$ABL_EPOCHS" ]]; then
-  EXP="$OUTDIR/bench-gpu-table3.yaml"
+  EXP="$WORK/bench-gpu-table3.yaml"
   "$PY" -c "
 import sys; from pathlib import Path; sys.path.insert(0, '.')
 from bench.common import write_experiment
@@ -99,10 +104,10 @@ if command -v nvidia-smi > /dev/null 2>&1; then
     -lms 500 > "$OUTDIR/nvidia_smi.csv" 2>/dev/null &
   SMI_PID=$!
 fi
-rm -rf "$OUTDIR/ablate_results"
+rm -rf "$WORK/ablate_results"
 T0=$SECONDS
 step ablate "$T_ABLATE" "${EMMIL[@]}" ablate "$EXP" --dataset thumos14 --data-dir "$DATA" --preset "$ABL_PRESET" \
-  --seeds "$SEEDS" --max-concurrent "$CONC" --results "$OUTDIR/ablate_results" \
+  --seeds "$SEEDS" --max-concurrent "$CONC" --results "$WORK/ablate_results" \
   --cpus-per-trial "$CPUS" --gpus-per-trial "$GPUS" --no-report
 ABL_WALL=$((SECONDS - T0))
 if [[ -n "$SMI_PID" ]]; then kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; fi

@@ -237,9 +237,12 @@ def main(argv=None) -> int:
                 figures[f"{mode}_tree_pss_growth_per_trial_mib"] = mib(growth)
             uss = [v["per_trial"]["uss"] for v in b[mode].values() if isinstance(v, dict)]
             figures[f"{mode}_trial_uss_mib"] = round(max(uss), 1) if uss else None
-        if figures.get("shared_trial_uss_mib") and figures.get("private_trial_uss_mib"):
-            diff = (figures["private_trial_uss_mib"] - figures["shared_trial_uss_mib"]) * 2**20
-            figures["private_minus_shared_trial_uss_over_dataset"] = round(diff / nbytes, 3)
+        # Per concurrency: (private trial USS - shared trial USS) / dataset size; about 1 = one copy.
+        figures["private_minus_shared_trial_uss_over_dataset"] = {
+            str(c): round((b["private"][c]["per_trial"]["uss"] - b["shared"][c]["per_trial"]["uss"]) * 2**20 / nbytes, 3)
+            for c in concurrency
+            if isinstance(b["private"].get(c), dict) and isinstance(b["shared"].get(c), dict)
+        }
     emit_result("memory", figures, machine=machine_description())
     return 0
 

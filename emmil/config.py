@@ -60,7 +60,9 @@ class TrainConfig:
     cycle: int = 10  # paper 4.1: alternate E/M every 10 epochs (THUMOS14), 5 (ActivityNet1.2)
     cycle_epochs: int = 30  # paper 4.1: "in the first 30 epochs"
     gamma: float = 0.15  # Eq. 5 threshold: 0.15 THUMOS14, 0 ActivityNet1.2 (paper 4.1)
-    batch_videos: int = 16  # videos packed per optimiser step (whole videos, no cropping)
+    # Videos packed per optimiser step (whole videos, no cropping). The paper states no batch size;
+    # 10 is the W-TALC code's default, which the EM-MIL release builds on.
+    batch_videos: int = 10
     weight_decay: float = 0.0  # the paper states none
     val_fraction: float = 0.0  # held-out slice of the TRAINING videos for validation (0 = none)
     eval_every: int = 5  # validation every k epochs (and at the last epoch) when val_fraction > 0
@@ -140,7 +142,15 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "train.cycle": 4,
         "train.cycle_epochs": 12,
         "train.lr": 1e-3,  # 10x the paper's lr: 2.5x fewer epochs and small widths
-        "train.cls_lr": 1e-3,
+        # The gating classifier must fit the video labels within 26 short epochs: at 1e-3 it
+        # reached only ~0.2 classification mAP on the training videos (loss 0.22 -> 0.19); 1e-2
+        # fits them (measured on semi-synthetic THUMOS14, dim 64; the choice is variant-neutral:
+        # every variant shares this classifier).
+        "train.cls_lr": 1e-2,
+        # 4 videos per step: 40 optimiser steps per epoch instead of 10 (16 videos gave too few
+        # steps for 26 epochs); the packed matmuls stay large enough at dim 64.
+        "train.batch_videos": 4,
+        "model.dropout": 0.2,  # hidden 64 is 4x narrower than the release's 256: lighter dropout
     },
 }
 

@@ -211,11 +211,15 @@ def build_report(place: RunPlace, target: tracking.TrackingTarget, **extra: Any)
         from reports.build import build_report as _build  # another engineer's module
     except ImportError:
         return "report: skipped (the reports package has no build module in this installation)"
+    import inspect
+
     out = place.root / "report"
+    accepted = inspect.signature(_build).parameters
+    if not {"parent_run_id", "out_dir"} <= set(accepted):
+        return "report: skipped (reports.build.build_report has an unexpected signature)"
+    extra = {k: v for k, v in extra.items() if k in accepted}
     try:
         _build(target.uri, parent_run_id=target.parent_run_id, out_dir=out, **extra)
-    except TypeError:
-        return "report: skipped (reports.build.build_report has an unexpected signature)"
     except Exception as exc:  # noqa: BLE001 - the runs are done; a report failure must not hide that
         return f"report: FAILED ({type(exc).__name__}: {exc}); build it later with `emmil report`"
     return f"report:            {out}"
