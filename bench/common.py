@@ -414,3 +414,26 @@ def run_command(cmd: list[str], *, log_path: Path, timeout: float, env: dict | N
         tail = Path(log_path).read_text()[-3000:]
         raise RuntimeError(f"command failed (exit {rc}, {seconds:.0f} s): {' '.join(cmd)}\n--- {log_path} tail:\n{tail}")
     return run, sampler
+
+
+_MATMUL_PROBE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import torch; torch.set_num_threads(1); "
+    "from bench.common import matmul_flops; print(matmul_flops(n=512, min_seconds=float(sys.argv[2]), repeats=1))"
+)
+
+
+def machine_parallelism(*, processes: int = 2, seconds: float = 1.5) -> float:
+    """How many cores' worth of throughput `processes` concurrent single-thread processes get right now:
+    sum of their 1-thread fp32 matmul rates / the rate of one process alone (2.0 = two free cores).
+
+    A control for the scaling benchmark on a shared machine: other jobs or SMT siblings show up as a
+    figure below `processes`, measured minutes apart from the ablations it qualifies.
+    """
+    def launch() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", _MATMUL_PROBE, str(REPO), str(seconds)],
+                                stdout=subprocess.PIPE, text=True)
+
+    alone = float(launch().communicate()[0].strip().splitlines()[-1])
+    procs = [launch() for _ in range(processes)]
+    together = sum(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+    return together / alone

@@ -2,6 +2,10 @@
 
     speedup = wall(--max-concurrent 1) / wall(--max-concurrent 2)        target close to 2 on 2 cores
 
+Control: `machine_parallelism` (bench/common.py), the throughput two concurrent single-thread matmul
+processes get relative to one alone, measured before and after the ablations: 2.0 on two free cores,
+about 1.0 when other jobs hold a core. The speedup is to be read against it.
+
 Both runs are the same `emmil ablate` command (table3: 4 variants x 3 seeds = 12 trials by default) with
 the same --cpus-per-trial (default 1, so each trial computes with one thread in both runs); only the
 concurrency differs. Each run pays the harness's fixed start-up once, so the speedup stays below 2 by
@@ -19,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     ablate_command,
+    machine_parallelism,
     emit_result,
     machine_description,
     out_dir,
@@ -55,6 +60,9 @@ def main(argv=None) -> int:
 
     trials = len(expand_trials(load_experiment(str(experiment)), args.seeds))
 
+    # Control: how many cores' worth of throughput 2 single-thread processes get on this machine right
+    # now (other jobs share it). A speedup can only be judged against this, measured before and after.
+    parallel_before = machine_parallelism()
     walls: dict[int, float] = {}
     for c in args.concurrency:
         results = work / f"results-c{c}"
@@ -66,6 +74,7 @@ def main(argv=None) -> int:
         walls[c] = run.seconds
         print(f"max-concurrent {c}: {run.seconds:.1f} s", flush=True)
 
+    parallel_after = machine_parallelism()
     base = min(walls)
     figures = {
         "dataset": "semi-synthetic THUMOS14",
@@ -78,6 +87,8 @@ def main(argv=None) -> int:
         "wall_seconds": {str(c): round(w, 2) for c, w in walls.items()},
         "speedup": {str(c): round(walls[base] / w, 3) for c, w in walls.items()},
         "target_speedup_2": 2.0,
+        "machine_parallelism_before": round(parallel_before, 2),
+        "machine_parallelism_after": round(parallel_after, 2),
     }
     emit_result("scaling", figures, machine=machine_description())
     return 0

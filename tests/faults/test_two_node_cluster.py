@@ -28,7 +28,7 @@ from faultlib import (
     rmtree, short_tmp, steps, trial_worker, wait_for,
 )
 
-EPOCHS = 30
+EPOCHS = 80  # long enough that both trials overlap even when one node starts its worker late
 RAY = str(Path(sys.executable).parent / "ray")
 
 pytestmark = [
@@ -72,11 +72,11 @@ def test_trials_run_on_both_nodes_and_survive_losing_the_worker_node(tmp_path, f
                    "--address", f"127.0.0.1:{port}", "--cpus-per-trial", "1", "--set", f"train.epochs={EPOCHS}",
                    *TINY_SET, "--max-failures", "3", "--no-report"], env, tmp_path / "ablate.log")
         tune_dir = results / "twin" / "ablation"
-        def running():
-            if not all(latest_checkpoint(tune_dir, t) >= 1 for t in ("twin/a-s0", "twin/b-s0")):
-                return None
+        def running():  # both trials training at the same moment (one has checkpointed an epoch)
             procs = [trial_worker("twin/a-s0"), trial_worker("twin/b-s0")]
-            return procs if all(procs) else None
+            if not all(procs) or max(latest_checkpoint(tune_dir, t) for t in ("twin/a-s0", "twin/b-s0")) < 0:
+                return None
+            return procs
 
         both = wait_for(running, 240, "both trials running")
         raylets = {name: _raylet_of(p) for name, p in zip(("a", "b"), both)}
@@ -85,6 +85,7 @@ def test_trials_run_on_both_nodes_and_survive_losing_the_worker_node(tmp_path, f
         on_worker = [n for n, r in raylets.items() if r in worker_raylets]
         assert len(on_worker) == 1 and len([r for r in raylets.values() if r in head_raylets]) == 1  # both nodes
         moved = f"twin/{on_worker[0]}-s0"
+        wait_for(lambda: latest_checkpoint(tune_dir, moved) >= 1, 120, f"{moved} to checkpoint 2 epochs")
         done = latest_checkpoint(tune_dir, moved)
         assert done < EPOCHS - 1, "the trial finished before its node was lost: raise EPOCHS"
         os.killpg(worker.pid, 9)  # the worker node dies: its raylet, workers and everything else
