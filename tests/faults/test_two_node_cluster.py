@@ -9,8 +9,8 @@ both run, the worker node is SIGKILLed (its raylet and workers); the trial it ra
 head node from its last checkpoint. Expected: exit 0, one MLflow run per trial, every epoch once, and
 the moved trial's final metrics equal those of its twin.
 
-Slow (41-58 s here: cluster start plus a retried trial; passed 4 of 4 runs on the shared 2-core dev
-machine) but inside the suite's budget, so CI runs it; EMMIL_FAULTS_CLUSTER=0 switches it off.
+Slow (25-58 s on the shared 2-core dev machine: cluster start plus a retried trial) but inside the
+suite's budget, so CI runs it; EMMIL_FAULTS_CLUSTER=0 switches it off.
 """
 
 from __future__ import annotations
