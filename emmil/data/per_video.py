@@ -20,7 +20,7 @@ from emmil.data import features as F
 from emmil.data.dataset import TRAIN_TEST_SUBSETS, WTALC_CLIP_SECONDS, Dataset, Video
 from emmil.data.problems import LoadReport, ProblemLog
 from emmil.data.safe_pickle import load_npy, read_npy_header
-from emmil.data.wtalc import build_video, check_name, check_unique, read_ambiguous
+from emmil.data.wtalc import build_video, check_load_args, check_unique, read_ambiguous
 from emmil.errors import DataError
 
 PER_VIDEO_SOURCE = "real I3D features (per-video release)"
@@ -96,12 +96,7 @@ def read_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[st
     """Load a per-video feature folder + ActivityNet JSON into one Dataset plus the problem log.
     Two passes: headers first (lengths, widths), then each file copied into one preallocated
     (sum_i T_i, D_rgb + D_flow) float32 array."""
-    check_name(name)
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data directory not found")
-    if min_clips < 0:
-        raise DataError(f"min_clips is {min_clips}, expected >= 0")
+    data_dir = check_load_args(name, data_dir, min_clips)
     json_path = Path(annotation_json)
     database = read_json_database(json_path)
     log = ProblemLog()

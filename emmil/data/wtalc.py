@@ -43,6 +43,17 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_load_args(name: str, data_dir, min_clips: int) -> Path:
+    """The arguments every loader shares: a known dataset name, an existing folder, min_clips >= 0."""
+    check_name(name)
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data directory not found")
+    if min_clips < 0:
+        raise DataError(f"min_clips is {min_clips}, expected >= 0")
+    return data_dir
+
+
 def annotation_dir_name(name: str) -> str:
     return f"{WTALC_PREFIX[check_name(name)]}-Annotations"
 
@@ -280,12 +291,7 @@ def read_wtalc(data_dir, name: str, *, min_clips: int = 1) -> LoadReport:
     Memory: the unpickled per-video arrays (one copy) are copied one by one into a preallocated
     (sum_i T_i, D) float32 array and released as they are copied: at most ~2 copies at the peak.
     """
-    check_name(name)
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data directory not found")
-    if min_clips < 0:
-        raise DataError(f"min_clips is {min_clips}, expected >= 0")
+    data_dir = check_load_args(name, data_dir, min_clips)
     ann_dir, note = _annotation_dir(data_dir, name)
     ann = read_annotations(ann_dir, name)
     log = ProblemLog()
