@@ -358,9 +358,13 @@ def _clone(obj: Any) -> Any:
 
 @torch.no_grad()
 def predict_scores(
-    model: EMMIL, videos: tuple[Video, ...], features: torch.Tensor, *, max_rows: int = 65536
+    model: EMMIL, videos: tuple[Video, ...], features: torch.Tensor, *, max_rows: int = 16384
 ) -> list[dict[str, np.ndarray]]:
-    """Per video: q_rgb, q_flow (T,), p_rgb, p_flow (T, C), video (C,) as float64 numpy arrays."""
+    """Per video: q_rgb, q_flow (T,), p_rgb, p_flow (T, C), video (C,) as float64 numpy arrays.
+
+    Videos are scored in packs of at most `max_rows` clips: the gathered pack is a transient copy
+    (16384 x 2048 float32 = 128 MiB at I3D width), kept small so a trial's peak stays near its
+    training footprint."""
     model.eval()
     dev = features.device
     out: list[dict[str, np.ndarray]] = []

@@ -105,3 +105,20 @@ def test_full_quick_localises_far_better_than_random():
     assert trained["test_avg_mAP"] > 5 * random["test_avg_mAP"]
     assert trained["test_mAP_0.10"] > random["test_mAP_0.10"] + 0.03
     assert trained["test_cls_mAP"] > random["test_cls_mAP"] + 0.15
+
+
+def test_scoring_in_small_packs_equals_one_pack(small):
+    # predict_scores packs videos up to max_rows clips; the packed conv never crosses a video and
+    # the gate pools per video, so the pack size must not change any score (up to float rounding).
+    from emmil.train import build_model, dataset_tensor, predict_scores
+
+    cfg = _tiny()
+    model = build_model(cfg, small, torch.device("cpu"))
+    feats = dataset_tensor(small, torch.device("cpu"))
+    videos = small.in_subset(small.test_subset)
+    one_pack = predict_scores(model, videos, feats, max_rows=10**9)
+    small_packs = predict_scores(model, videos, feats, max_rows=64)
+    assert len(one_pack) == len(small_packs) == len(videos)
+    for a, b in zip(one_pack, small_packs):
+        for key in ("q_rgb", "q_flow", "p_rgb", "p_flow", "video"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
