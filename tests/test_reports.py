@@ -110,16 +110,6 @@ class Tracker:
         return rid
 
 
-@pytest.fixture(scope="session")
-def template_store(tmp_path_factory) -> Path:
-    """One empty SQLite MLflow store (schema creation takes seconds), copied per test."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def store(template_store, tmp_path):
     db = tmp_path / "mlflow.db"

@@ -38,20 +38,10 @@ def tiny_data():
     return make_synthetic("thumos14", dim=8, seed=0, max_videos=6)
 
 
-@pytest.fixture(scope="session")
-def _template_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its schema created once (4-8 s) for the whole session."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def results_dir(tmp_path, _template_store) -> Path:
+def results_dir(tmp_path, template_store) -> Path:
     """A results dir whose default store (mlflow.db) is a copy of the template."""
     out = tmp_path / "results"
     out.mkdir()
-    shutil.copy(_template_store, out / "mlflow.db")
+    shutil.copy(template_store, out / "mlflow.db")
     return out

@@ -37,9 +37,9 @@ def _results(tmp_path_factory, template: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ablation(ray_cluster, tiny_data, tmp_path_factory, _template_store):
+def ablation(ray_cluster, tiny_data, tmp_path_factory, template_store):
     """2 variants x 2 seeds, 0.5 logical GPU per trial, trial joint-s1 crashes once at epoch 2."""
-    results = _results(tmp_path_factory, _template_store, "ablation")
+    results = _results(tmp_path_factory, template_store, "ablation")
     launch = Launch(results=results, overrides=TINY, gpus_per_trial=0.5, cpus_per_trial=1, report=False,
                     fail_once={"epoch": 2, "marker_dir": str(results / "markers"), "trial": "mini/joint-s1"})
     outcome = run_ablation(MINI, dataset="thumos14", preset="quick", seeds=2, launch=launch,
@@ -107,13 +107,13 @@ def test_each_trial_runs_on_the_gpu_ray_assigned(ablation):
     assert {r.data.tags["emmil.gpu_ids"] for r in children.values()} <= {"0", "1", "2", "3"}
 
 
-def test_sweep_with_asha_persists_its_study_and_labels_the_stages(ray_cluster, tmp_path_factory, _template_store):
+def test_sweep_with_asha_persists_its_study_and_labels_the_stages(ray_cluster, tmp_path_factory, template_store):
     import optuna
 
     from emmil.data.synth import make_synthetic
     from harness.cli.sweep import run_sweep
 
-    results = _results(tmp_path_factory, _template_store, "sweep")
+    results = _results(tmp_path_factory, template_store, "sweep")
     data = make_synthetic("thumos14", dim=8, seed=0, max_videos=20)  # 15 train + 5 held-out videos
     space = parse_space({
         "name": "tiny", "fixed": {"train.val_fraction": 0.3, "train.eval_every": 1},
@@ -169,8 +169,8 @@ run_ablation(exp, dataset="thumos14", preset="quick", seeds=3, launch=launch,
 
 @pytest.mark.slow
 def test_killed_driver_is_resumed_and_only_missing_trials_run(ray_cluster, tiny_data, tmp_path_factory,
-                                                              _template_store):
-    results = _results(tmp_path_factory, _template_store, "resume")
+                                                              template_store):
+    results = _results(tmp_path_factory, template_store, "resume")
     script = results.parent / "driver.py"
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent), results=str(results)))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
