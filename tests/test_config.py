@@ -56,4 +56,4 @@ def test_localize_section_matches_localize_params():
     from emmil.config import LocalizeConfig
     from emmil.localize import LocalizeParams
 
-    assert [f.name for f in fields(LocalizeConfig)] == [f.name for f in fields(LocalizeParams)]
+    assert [f.name for f in fields(LocalizeConfig)] == [f.name for f in fields(LocalizeParams)] + ["select_on_val"]
