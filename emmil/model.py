@@ -253,10 +253,11 @@ class EMMIL(nn.Module):
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor, packing: Packing) -> dict[str, torch.Tensor]:
-        """Inference scores: q_rgb, q_flow (N,), p_rgb, p_flow (N, C), video (B, C) probabilities."""
+        """Inference scores: q_rgb, q_flow (N,), p_rgb, p_flow (N, C) sigmoid probabilities, video (B, C)
+        the gate's softmax over classes (emmil.losses.video_classifier_loss)."""
         out = {}
         for s in STREAMS:
             out[f"q_{s}"] = torch.sigmoid(self.key_logits(x, packing, s))
             out[f"p_{s}"] = torch.sigmoid(self.cls_logits(x, packing, s))
-        out["video"] = torch.sigmoid(self.gate(x, packing))
+        out["video"] = torch.softmax(self.gate(x, packing), dim=1)  # over classes, as the release's gate
         return out

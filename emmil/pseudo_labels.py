@@ -7,6 +7,7 @@ packing several videos into one batch never mixes their statistics. Classes abse
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -58,3 +59,31 @@ def all_positive_labels(y: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     y (B, C), seg (N,) -> (N, C) = y of each clip's video.
     """
     return y[seg]
+
+
+def per_video_mean(values: torch.Tensor, seg: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """Mean over each video's entries, then over videos: values (N,) or (N, C) -> scalar.
+
+    The release trains one video per step with losses averaged over time, so a step of B packed
+    videos must weigh every video alike: a plain mean over packed rows would let a 2,000-clip video
+    outweigh a 14-clip one ~140x. For B = 1 this is the plain mean.
+    """
+    rows = values if values.dim() == 1 else values.mean(dim=1)  # (N,) mean over classes
+    return segment_mean(rows.unsqueeze(1), seg, num_videos).mean()
+
+
+def clip_labels(segments: list[tuple[float, float]], classes: list[int], num_clips: int, num_classes: int) -> np.ndarray:
+    """Ground-truth clip labels (T, C) in {0, 1}: clip t (covering [t, t+1) in clip units) is 1 for
+    class c when it overlaps a segment (s, e) of c by a positive length, i.e. t < e and t + 1 > s.
+
+    `segments` in clip units (seconds * 25 / 16), `classes` the class index of each segment. A
+    zero-length segment labels nothing. The reference variants `supervised` and `oracle-key` train on it.
+    """
+    out = np.zeros((num_clips, num_classes), dtype=np.float32)
+    for (s, e), c in zip(segments, classes):
+        if e <= s:
+            continue
+        lo = max(0, int(np.floor(s)))
+        hi = min(num_clips, int(np.ceil(e)))
+        out[lo:hi, c] = 1.0
+    return out

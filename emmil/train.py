@@ -1,10 +1,12 @@
 """Training (EM alternation, the ablation variants), validation, test evaluation, run directories.
 
 `fit(config, dataset)` yields one EpochResult per epoch. The whole dataset is ONE tensor on the
-device; a step packs `train.batch_videos` whole videos (see emmil.model.Packing). Freezing is by
-which optimiser steps: phi (key heads), theta (classification heads) and the gating classifier
-each have their own Adam; the frozen branch runs under no_grad in eval mode (no dropout), so its
-pseudo-labels are a deterministic function of its parameters.
+device; a step packs `train.batch_videos` whole videos (see emmil.model.Packing; the paper preset
+takes one, as the release) and every loss weighs each video alike. Freezing is by which optimiser
+steps: phi (key heads), theta (classification heads) and the gating classifier each have their own
+Adam; pseudo-labels always come from an eval-mode (no dropout), no_grad forward, so they are a
+deterministic function of the parameters in every variant. The gate trains in the first
+`train.gate_epochs` epochs only (its own schedule, like the release's separate UntrimmedNet).
 
 Variants (config.variant), sharing everything but the loss and which branch trains:
   full             E: Eq. 3 labels from frozen p_theta, Eq. 4 on q_phi; M: Eq. 5 labels (all-positive in
@@ -13,6 +15,13 @@ Variants (config.variant), sharing everything but the loss and which branch trai
                    positive and negative videos alike) on the trained branch.
   joint            Eq. 3/5 labels from the current (detached) outputs, both branches every step.
   attention-mil    attention-MIL loss, both branches every step (no EM).
+Reference rows (issue 10; they read the ground-truth clip labels of the TRAINING videos):
+  supervised       ceiling: both heads trained every step on ground-truth clip labels (key head: clip
+                   inside any segment; classification head: clip overlaps a segment of class c).
+  oracle-key       alternation of `full` with ground-truth key instances in place of Eq. 3 / Eq. 5.
+  whole-video      floor: no head trains; one proposal per gated class spanning the video.
+After training, `evaluate_test` chooses the localiser's lam and gate threshold on the held-out
+training videos (select_localizer), the same grid for every variant, then scores the test split.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -101,44 +111,97 @@ class _DeviceData:
     starts: torch.Tensor  # (V,) long, per training video
     lengths: torch.Tensor  # (V,) long
     labels: torch.Tensor  # (V, C) float
+    clip_targets: torch.Tensor | None  # (sum_i T_i, C) uint8 ground-truth clip labels (reference variants only)
 
 
-def _device_data(dataset: Dataset, videos: tuple[Video, ...], features: torch.Tensor) -> _DeviceData:
+GROUND_TRUTH_VARIANTS = ("supervised", "oracle-key")  # the only variants that read clip-level ground truth
+
+
+def ground_truth_rows(dataset: Dataset, videos: tuple[Video, ...]) -> np.ndarray:
+    """(rows of the dataset array, C) uint8: emmil.pseudo_labels.clip_labels of `videos` at their rows,
+    0 elsewhere (uint8: ActivityNet1.2 is 1.3M clips x 100 classes)."""
+    from emmil.data.dataset import seconds_to_clip
+    from emmil.pseudo_labels import clip_labels
+
+    out = np.zeros((dataset.features.shape[0], len(dataset.classes)), dtype=np.uint8)
+    cidx = dataset.class_index
+    for v in videos:
+        segs = [tuple(float(x) for x in seconds_to_clip(np.asarray(seg, dtype=np.float64), dataset.clip_seconds))
+                for seg in v.segments]
+        out[v.start: v.start + v.num_clips] = clip_labels(
+            segs, [cidx[lab] for lab in v.segment_labels], v.num_clips, len(dataset.classes))
+    return out
+
+
+def _device_data(dataset: Dataset, videos: tuple[Video, ...], features: torch.Tensor, variant: str) -> _DeviceData:
     dev = features.device
+    targets = None
+    if variant in GROUND_TRUTH_VARIANTS:
+        targets = torch.from_numpy(ground_truth_rows(dataset, videos)).to(dev)
     return _DeviceData(
         features=features,
         starts=torch.tensor([v.start for v in videos], dtype=torch.long, device=dev),
         lengths=torch.tensor([v.num_clips for v in videos], dtype=torch.long, device=dev),
         labels=torch.from_numpy(dataset.label_matrix(videos)).to(dev),
+        clip_targets=targets,
     )
 
 
 # ---------------------------------------------------------------------------------------------- steps
 
 
-def _set_mode(model: EMMIL, train_key: bool, train_cls: bool) -> None:
+def _set_mode(model: EMMIL, train_key: bool, train_cls: bool, train_gate: bool) -> None:
     model.key.train(train_key)
     model.cls.train(train_cls)
-    model.gate.train(True)
+    model.gate.train(train_gate)
+
+
+@torch.no_grad()
+def _frozen_logits(model: EMMIL, x: torch.Tensor, packing: Packing, stream: str, head: str) -> torch.Tensor:
+    """Logits of `head` ("key" | "cls") in eval mode (no dropout) without gradient, mode restored after:
+    pseudo-labels are a deterministic function of the parameters for every variant alike."""
+    module = model.key if head == "key" else model.cls
+    was = module.training
+    module.eval()
+    out = model.key_logits(x, packing, stream) if head == "key" else model.cls_logits(x, packing, stream)
+    module.train(was)
+    return out
 
 
 def step_losses(
-    model: EMMIL, x: torch.Tensor, y: torch.Tensor, packing: Packing, plan: EpochPlan, variant: str, gamma: float
+    model: EMMIL, x: torch.Tensor, y: torch.Tensor, packing: Packing, plan: EpochPlan, variant: str, gamma: float,
+    *, clip_targets: torch.Tensor | None = None, train_gate: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Loss terms of one packed batch (sum over streams = `loss`), for the epoch's plan and variant.
+    """Loss terms of one packed batch (sum over streams + gate = `loss`), for the epoch's plan and variant.
 
-    x (N, D) packed clips, y (B, C) video labels. Returns {"loss", "loss_rgb", "loss_flow", "loss_gate"}.
+    x (N, D) packed clips, y (B, C) video labels, clip_targets (N, C) ground-truth clip labels (only
+    the reference variants `supervised` and `oracle-key` read them). Every BCE is per video, then
+    averaged over videos (emmil.losses). Returns {"loss", "loss_rgb", "loss_flow"} and "loss_gate"
+    when the gate trains.
     """
     seg = packing.seg
     out: dict[str, torch.Tensor] = {}
     pseudo = variant in ("full", "joint")
+    if variant in ("supervised", "oracle-key") and clip_targets is None:
+        raise ValueError(f"step_losses: variant {variant!r} needs the ground-truth clip_targets")
     for s in STREAMS:
-        if plan.step == "E":  # train q_phi; p_theta frozen
-            with torch.no_grad():
-                cls_logits = model.cls_logits(x, packing, s)
+        if plan.step == "none":  # whole-video: no head trains
+            break
+        if variant == "supervised":  # ceiling: both heads on ground truth, every step
+            key_target = (clip_targets.sum(dim=1) > 0).to(x.dtype)  # (N,) clip inside any segment
+            loss = pseudo_label_bce(model.key_logits(x, packing, s), key_target, packing) + pseudo_label_bce(
+                model.cls_logits(x, packing, s), clip_targets, packing)
+        elif variant == "oracle-key":  # Eq. 4 / Eq. 6 with ground-truth key instances for z_hat and Eq. 5
+            key_target = (clip_targets.sum(dim=1) > 0).to(x.dtype)  # (N,)
+            if plan.step == "E":
+                loss = pseudo_label_bce(model.key_logits(x, packing, s), key_target, packing)
+            else:
+                loss = pseudo_label_bce(model.cls_logits(x, packing, s), key_target.unsqueeze(1) * y[seg], packing)
+        elif plan.step == "E":  # train q_phi; p_theta frozen
+            cls_logits = _frozen_logits(model, x, packing, s, "cls")
             key_logits = model.key_logits(x, packing, s)
             if pseudo:
-                loss = pseudo_label_bce(key_logits, e_step_labels(torch.sigmoid(cls_logits), y, seg))  # Eq. 3, 4
+                loss = pseudo_label_bce(key_logits, e_step_labels(torch.sigmoid(cls_logits), y, seg), packing)  # Eq. 3, 4
             else:
                 loss = attention_mil_loss(key_logits, cls_logits, y, packing)
         elif plan.step == "M":  # train p_theta; q_phi frozen
@@ -147,29 +210,30 @@ def step_losses(
                 if plan.all_positive:
                     target = all_positive_labels(y, seg)  # initial M step (paper 3.4)
                 else:
-                    with torch.no_grad():
-                        q = torch.sigmoid(model.key_logits(x, packing, s))
+                    q = torch.sigmoid(_frozen_logits(model, x, packing, s, "key"))
                     target = m_step_labels(q, y, seg, gamma)  # Eq. 5
-                loss = pseudo_label_bce(cls_logits, target)  # Eq. 6
+                loss = pseudo_label_bce(cls_logits, target, packing)  # Eq. 6
             else:
-                with torch.no_grad():
-                    key_logits = model.key_logits(x, packing, s)
-                loss = attention_mil_loss(key_logits, cls_logits, y, packing)
+                loss = attention_mil_loss(_frozen_logits(model, x, packing, s, "key"), cls_logits, y, packing)
         else:  # joint: both branches
             key_logits = model.key_logits(x, packing, s)
             cls_logits = model.cls_logits(x, packing, s)
             if pseudo:
-                z = e_step_labels(torch.sigmoid(cls_logits.detach()), y, seg)
+                # labels from an eval-mode forward, as `full` computes them from its frozen branch
+                z = e_step_labels(torch.sigmoid(_frozen_logits(model, x, packing, s, "cls")), y, seg)
                 if plan.all_positive:
                     target = all_positive_labels(y, seg)
                 else:
-                    target = m_step_labels(torch.sigmoid(key_logits.detach()), y, seg, gamma)
-                loss = pseudo_label_bce(key_logits, z) + pseudo_label_bce(cls_logits, target)
+                    target = m_step_labels(torch.sigmoid(_frozen_logits(model, x, packing, s, "key")), y, seg, gamma)
+                loss = pseudo_label_bce(key_logits, z, packing) + pseudo_label_bce(cls_logits, target, packing)
             else:
                 loss = attention_mil_loss(key_logits, cls_logits, y, packing)
         out[f"loss_{s}"] = loss
-    out["loss_gate"] = video_classifier_loss(model.gate(x, packing), y)
-    out["loss"] = out["loss_rgb"] + out["loss_flow"] + out["loss_gate"]
+    total = sum(out.values()) if out else x.new_zeros(())
+    if train_gate:
+        out["loss_gate"] = video_classifier_loss(model.gate(x, packing), y)
+        total = total + out["loss_gate"]
+    out["loss"] = total
     return out
 
 
@@ -258,7 +322,7 @@ def fit(
     train_videos, val_videos = split_validation(dataset, t.val_fraction, config.seed)
     _usable(train_videos, dataset.train_subset)
     feats = dataset_tensor(dataset, dev) if features is None else features
-    data = _device_data(dataset, train_videos, feats)
+    data = _device_data(dataset, train_videos, feats, config.variant)
     model = build_model(config, dataset, dev)
     opts = _optimizers(model, config)
     shuffle = torch.Generator().manual_seed(config.seed + 1)  # batch order (CPU generator: device-independent)
@@ -283,18 +347,23 @@ def fit(
         for name in ("phi", "theta"):
             for group in opts[name].param_groups:
                 group["lr"] = lr
-        trains = {"E": ("phi",), "M": ("theta",), "joint": ("phi", "theta")}[plan.step] + ("gate",)
-        _set_mode(model, "phi" in trains, "theta" in trains)
+        train_gate = epoch <= t.gate_epochs  # the gate's own schedule (TrainConfig.gate_epochs)
+        trains = {"E": ("phi",), "M": ("theta",), "joint": ("phi", "theta"), "none": ()}[plan.step]
+        trains += ("gate",) if train_gate else ()
+        _set_mode(model, "phi" in trains, "theta" in trains, train_gate)
         _rng_set(rng, dev)
         order = torch.randperm(n, generator=shuffle).to(dev)
         sums: dict[str, float] = {}
         batches = 0
-        for b0 in range(0, n, t.batch_videos):
+        for b0 in range(0, n if trains else 0, t.batch_videos):
             idx = order[b0 : b0 + t.batch_videos]
             lengths = data.lengths[idx]
-            x = data.features[gather_rows(data.starts[idx], lengths)]  # (N, D) packed clips
+            rows = gather_rows(data.starts[idx], lengths)
+            x = data.features[rows]  # (N, D) packed clips
             packing = make_packing(lengths, dev)
-            terms = step_losses(model, x, data.labels[idx], packing, plan, config.variant, t.gamma)
+            targets = None if data.clip_targets is None else data.clip_targets[rows].to(x.dtype)
+            terms = step_losses(model, x, data.labels[idx], packing, plan, config.variant, t.gamma,
+                                clip_targets=targets, train_gate=train_gate)
             for opt in opts.values():
                 opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -395,21 +464,73 @@ def predict_scores(
 def localize_params(config: RunConfig):
     from emmil.localize import LocalizeParams
 
-    return LocalizeParams(**dataclasses.asdict(config.localize))
+    values = dataclasses.asdict(config.localize)
+    values.pop("select_on_val")  # how values are chosen, not a localiser value
+    return LocalizeParams(**values)
 
 
 def localize_all(config: RunConfig, dataset: Dataset, videos: tuple[Video, ...], scores: list[dict]) -> dict:
-    """ActivityNet results JSON {"results": {video: [...]}} for `videos` from their scores."""
-    from emmil.localize import localize_video, results_json
+    """ActivityNet results JSON {"results": {video: [...]}} for `videos` from their scores.
+    `whole-video` (the floor) proposes each gated class over the whole video instead."""
+    from emmil.localize import localize_video, results_json, whole_video_proposals
 
     params = localize_params(config)
     per_video = {}
     for v, s in zip(videos, scores):
+        if config.variant == "whole-video":
+            per_video[v.name] = whole_video_proposals(
+                s["video"], v.num_clips, gate=params.gate, clip_seconds=dataset.clip_seconds, duration=v.duration)
+            continue
         per_video[v.name] = localize_video(
             s["q_rgb"], s["q_flow"], s["p_rgb"], s["p_flow"], s["video"], params=params,
             clip_seconds=dataset.clip_seconds, duration=v.duration,
         )
     return results_json(per_video, dataset.classes)
+
+
+# The localiser values chosen per run on the held-out training videos (localize.select_on_val): the
+# same grid for every variant, so no variant gets a larger tuning budget. lam: Eq. 9 weight; gate:
+# threshold on the gate's softmax over classes (the release: 0.15).
+SELECTION_GRID = {"lam": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "gate": (0.05, 0.1, 0.15, 0.25)}
+
+
+def select_localizer(
+    config: RunConfig, dataset: Dataset, model: EMMIL, features: torch.Tensor,
+) -> tuple[RunConfig, dict[str, float]]:
+    """(config with the chosen localize.lam / localize.gate, selection metrics) from the held-out
+    slice of the TRAINING videos (the seeded split of `fit`). The best validation avg mAP wins; ties
+    keep the earlier grid point, and the configured values are tried first. Without held-out videos
+    or with select_on_val off: (config, {})."""
+    from emmil.evaluate import TIOU, EvaluationWarning, detection_map
+
+    if not config.localize.select_on_val:
+        return config, {}
+    _, val_videos = split_validation(dataset, config.train.val_fraction, config.seed)
+    val_videos = tuple(v for v in val_videos if v.num_clips >= 1)
+    if not val_videos:
+        return config, {}
+    scores = predict_scores(model, val_videos, features)
+    gt = _ground_truth_of(dataset, val_videos)
+    ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
+    loc = config.localize
+    lams = (loc.lam,) + tuple(x for x in SELECTION_GRID["lam"] if x != loc.lam)
+    gates = (loc.gate,) + tuple(x for x in SELECTION_GRID["gate"] if x != loc.gate)
+    if config.variant == "whole-video":
+        lams = (loc.lam,)  # the floor uses no L: only the gate threshold matters
+    best = None
+    for gate in gates:
+        for lam in lams:
+            trial = dataclasses.replace(config, localize=dataclasses.replace(loc, lam=lam, gate=gate))
+            with warnings.catch_warnings():  # a small held-out slice lacks some classes: expected here
+                warnings.simplefilter("ignore", EvaluationWarning)
+                value = detection_map(gt, localize_all(trial, dataset, val_videos, scores), TIOU[dataset.name],
+                                      ambiguous=ambiguous).average_mAP
+            value = float(value) if np.isfinite(value) else -1.0
+            if best is None or value > best[0]:
+                best = (value, trial)
+    value, chosen = best
+    return chosen, {"selected_lam": chosen.localize.lam, "selected_gate": chosen.localize.gate,
+                    "val_selected_avg_mAP": value, "selected_on_videos": float(len(val_videos))}
 
 
 def _ground_truth_of(dataset: Dataset, videos: tuple[Video, ...]) -> dict:
@@ -442,7 +563,9 @@ def evaluate_videos(
 
 @dataclass(frozen=True)
 class TestOutcome:
-    metrics: dict  # test_mAP_0.10 ..., test_avg_mAP, test_cls_mAP, test_coverage, eval_protocol
+    # test_mAP_0.10 ..., test_avg_mAP, test_cls_mAP (the gate's classification mAP), test_coverage, and
+    # with localize.select_on_val: selected_lam, selected_gate, val_selected_avg_mAP, selected_on_videos
+    metrics: dict
     predictions: dict  # {"results": {video: [{label, segment, score}]}}
     timelines: dict  # docs/CONTRACTS.md timelines.json layout
 
@@ -457,7 +580,9 @@ def evaluate_test(
     videos = _usable(dataset.in_subset(dataset.test_subset), dataset.test_subset)
     if not videos:
         raise DataError(f"{dataset.name}: no videos in the test subset {dataset.test_subset!r}")
+    config, selection = select_localizer(config, dataset, model, feats)  # held-out training videos only
     metrics, predictions, scores = evaluate_videos(config, dataset, model, videos, feats, prefix="test")
+    metrics.update(selection)
     timelines = build_timelines(config, dataset, videos, scores, predictions, timeline_videos)
     return TestOutcome(metrics=metrics, predictions=predictions, timelines=timelines)
 

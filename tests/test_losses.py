@@ -8,11 +8,31 @@ from emmil.model import make_packing
 
 def test_eq4_eq6_bce_on_logits():
     # logits 0 -> prob 0.5: BCE = ln 2 whatever the target; logit ln(3) -> p=0.75, target 1 -> -ln 0.75
-    assert math.isclose(pseudo_label_bce(torch.zeros(4), torch.tensor([0.0, 1, 1, 0])).item(), math.log(2), rel_tol=1e-6)
+    one = make_packing([4])
+    assert math.isclose(pseudo_label_bce(torch.zeros(4), torch.tensor([0.0, 1, 1, 0]), one).item(), math.log(2),
+                        rel_tol=1e-6)
     l = torch.tensor([math.log(3.0), math.log(3.0)])
     # mean of -ln(0.75) (target 1) and -ln(0.25) (target 0)
     expected = (-math.log(0.75) - math.log(0.25)) / 2
-    assert math.isclose(pseudo_label_bce(l, torch.tensor([1.0, 0.0])).item(), expected, rel_tol=1e-6)
+    assert math.isclose(pseudo_label_bce(l, torch.tensor([1.0, 0.0]), make_packing([2])).item(), expected, rel_tol=1e-6)
+
+
+def test_bce_weighs_every_video_alike():
+    # Video A: 3 clips, logits ln 3 (p 0.75), targets 1 -> per-clip -ln 0.75 = 0.2877, video mean 0.2877.
+    # Video B: 1 clip, logit ln 3, target 0 -> -ln 0.25 = 1.3863.
+    # Per video, then over videos: (0.2877 + 1.3863) / 2 = 0.8370 (a mean over the 4 clips would give
+    # (3 * 0.2877 + 1.3863) / 4 = 0.5623: the long video would count 3x).
+    l = torch.full((4,), math.log(3.0))
+    t = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    expected = (-math.log(0.75) - math.log(0.25)) / 2
+    assert math.isclose(pseudo_label_bce(l, t, make_packing([3, 1])).item(), expected, rel_tol=1e-6)
+    # (N, C) targets (Eq. 6): each video's mean runs over its clips AND classes. Video A (2 clips, C=2):
+    # entries ln2, ln2, ln2, ln2 (logit 0) -> ln 2; video B (1 clip): logits ln 3 vs targets (1, 0) ->
+    # (0.2877 + 1.3863) / 2 = 0.8370; loss = (ln 2 + 0.8370) / 2 = 0.7651.
+    l2 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [math.log(3.0), math.log(3.0)]])
+    t2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    assert math.isclose(pseudo_label_bce(l2, t2, make_packing([2, 1])).item(), (math.log(2) + expected) / 2,
+                        rel_tol=1e-6)
 
 
 def test_attention_mil_pooling_per_video():
@@ -38,5 +58,13 @@ def test_attention_gets_gradient_from_all_classes():
     assert not torch.allclose(key.grad, only_pos.grad / 2)
 
 
-def test_video_classifier_loss():
-    assert math.isclose(video_classifier_loss(torch.zeros(2, 3), torch.ones(2, 3)).item(), math.log(2), rel_tol=1e-6)
+def test_video_classifier_loss_is_softmax_over_classes():
+    # Logits 0 over 3 classes -> softmax 1/3 each. Video 0 labels {0, 1}: target (1/2, 1/2, 0) ->
+    # -(ln(1/3)/2 + ln(1/3)/2) = ln 3. Video 1 labels {2}: -ln(1/3) = ln 3. Mean ln 3.
+    y = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert math.isclose(video_classifier_loss(torch.zeros(2, 3), y).item(), math.log(3), rel_tol=1e-6)
+    # Logits (ln 2, 0, 0) -> softmax (1/2, 1/4, 1/4); label {0} -> -ln(1/2) = ln 2; a video without
+    # labels contributes 0 to the mean over 2 videos -> ln 2 / 2.
+    logits = torch.tensor([[math.log(2.0), 0.0, 0.0], [5.0, 1.0, 0.0]])
+    y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert math.isclose(video_classifier_loss(logits, y).item(), math.log(2) / 2, rel_tol=1e-6)

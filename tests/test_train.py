@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emmil.config import resolve_config
-from emmil.train import evaluate_test, fit, split_validation, train_run
+from emmil.train import build_model, evaluate_test, fit, split_validation, train_run
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +25,37 @@ def _params(model, names):
     return {n: p.detach().clone() for n, p in model.named_parameters() if n.split(".")[0] in names}
 
 
+ALTERNATING = ("full", "no-pseudo-label", "oracle-key")
+
+
 @pytest.mark.parametrize("variant,epoch1", [("full", {"cls", "gate"}), ("no-pseudo-label", {"cls", "gate"}),
-                                            ("joint", {"cls", "key", "gate"}), ("attention-mil", {"cls", "key", "gate"})])
+                                            ("oracle-key", {"cls", "gate"}), ("joint", {"cls", "key", "gate"}),
+                                            ("attention-mil", {"cls", "key", "gate"}),
+                                            ("supervised", {"cls", "key", "gate"}), ("whole-video", {"gate"})])
 def test_freezing_by_optimizer_per_variant(small, variant, epoch1):
     cfg = _tiny(variant=variant)
     it = fit(cfg, small)
+    start = {n: p.detach().clone() for n, p in build_model(cfg, small, torch.device("cpu")).named_parameters()}
     first = next(it)  # epoch 1: M for the alternating variants (only theta moves)
+    moved1 = {n.split(".")[0] for n, p in first.model.named_parameters() if not torch.equal(p, start[n])}
+    assert moved1 == epoch1
     before = {n: p.detach().clone() for n, p in first.model.named_parameters()}
     second = next(it)  # epoch 2: E (only phi) / joint (both)
     moved = {n.split(".")[0] for n, p in second.model.named_parameters() if not torch.equal(p, before[n])}
-    expected = {"key", "gate"} if variant in ("full", "no-pseudo-label") else epoch1
+    expected = {"key", "gate"} if variant in ALTERNATING else epoch1
     assert moved == expected
-    assert first.step == ("M" if variant in ("full", "no-pseudo-label") else "joint")
+    assert first.step == ("M" if variant in ALTERNATING else "none" if variant == "whole-video" else "joint")
+
+
+def test_gate_trains_only_in_its_own_epochs(small):
+    # gate_epochs 1: the gate moves in epoch 1 and never after; the heads keep training.
+    it = fit(_tiny(variant="attention-mil", **{"train.gate_epochs": 1}), small)
+    first = next(it)
+    before = {n: p.detach().clone() for n, p in first.model.named_parameters()}
+    second = next(it)
+    moved = {n.split(".")[0] for n, p in second.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"cls", "key"}
+    assert "loss_gate" in first.losses and "loss_gate" not in second.losses
 
 
 def test_resume_in_the_middle_equals_uninterrupted(small):
