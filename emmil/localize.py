@@ -2,7 +2,15 @@
 
     L_{t,c} = lam * Q_t + (1 - lam) * P_{t,c}                               (Eq. 9)
     Q = rgb_weight * Q^rgb + (1 - rgb_weight) * Q^flow   (P likewise, per class)
-    clip t is "on" for class c when L_{t,c} > mean_t L_c + gamma * (max_t L_c - min_t L_c)  (Eq. 5 form)
+
+Two ways to turn L_c (T,) into runs of "on" clips (`thresholds`, docs/localize.md):
+    ""  (the paper's, default): one threshold of the Eq. 5 form,
+        clip t is "on" for class c when L_{t,c} > mean_t L_c + gamma * (max_t L_c - min_t L_c);
+    "0.1,0.5" or "A:B:S" (the field's: W-TALC used the one level 0.5, CO2-Net/DELU many):
+        L_c min-max normalised over the video, N_c = (L_c - min L_c) / (max L_c - min L_c)
+        (constant L_c: no proposals), and clip t "on"
+        when N_{t,c} > theta, for EACH level theta; the runs of every level are pooled, identical
+        runs kept once. Nested runs from different levels remain: use NMS (e.g. nms_iou 0.5).
 
 Runs of consecutive "on" clips are proposals [start, end) in clip indices (a run that reaches the
 last clip is kept). Only classes passing the video-level gate are localised. Each proposal gets a
@@ -14,12 +22,16 @@ real score (the authors' released code wrote score 1 for every proposal; see DES
 Optionally per-class greedy NMS (tIoU > nms_iou suppresses; 0 or None = off). Times in seconds come
 from emmil.data.dataset.clip_to_seconds; the end is clipped to the video duration.
 
+`whole_video_proposals` is the floor reference: one proposal covering the whole video per gated
+class, scored by the video-level class score (what localisation must beat).
+
 All functions are pure and take numpy arrays (torch tensors are converted).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -28,6 +40,71 @@ from emmil.data.dataset import WTALC_CLIP_SECONDS, clip_to_seconds
 from emmil.errors import ConfigError, DataError
 
 SCORE_METHODS = ("mean", "outer-inner")
+MAX_THRESHOLDS = 100  # most levels a `thresholds` spec may give (W-TALC-style sweeps use ~10)
+_RANGE_TOLERANCE = 1e-9  # "0.1:0.9:0.1" includes 0.9 although 0.1 + 8 * 0.1 = 0.9000000000000001
+
+
+def parse_thresholds(spec: str) -> tuple[float, ...]:
+    """`localize.thresholds` spec -> the levels, ascending, duplicates removed; "" -> () (Eq. 5 mode).
+
+    "0.1, 0.25,0.5" -> (0.1, 0.25, 0.5); "0.1:0.9:0.1" -> (0.1, 0.2, ..., 0.9) (inclusive range
+    A:B:S, A <= B, S > 0; values rounded to 10 decimals). Every value in [0, 1], at most
+    MAX_THRESHOLDS of them; anything else raises ConfigError naming the key and the spec.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"localize.thresholds: must be a string spec, got {spec!r}")
+    return _parse_thresholds(spec)
+
+
+@lru_cache(maxsize=64)  # localize_video parses its params' spec once per video: cache the few specs
+def _parse_thresholds(spec: str) -> tuple[float, ...]:
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(f"localize.thresholds: {reason} in spec {spec!r} (expected '', a list "
+                           f"'0.1,0.25,0.5' or an inclusive range 'A:B:S' like '0.1:0.9:0.1')")
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise bad(f"{text.strip()!r} is not a number") from None
+        if not np.isfinite(value):
+            raise bad(f"{text.strip()!r} is not finite")
+        return value
+
+    text = spec.strip()
+    if not text:
+        return ()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3 or "," in text:
+            raise bad("a range needs exactly 'A:B:S' (no commas)")
+        a, b, step = (number(x) for x in parts)
+        if step <= 0:
+            raise bad(f"the step must be > 0, got {step!r}")
+        if a > b:
+            raise bad(f"the start {a!r} is above the end {b!r}")
+        span = (b - a) / step + _RANGE_TOLERANCE  # count - 1 (+ tolerance); may be inf for a tiny step
+        if not span < MAX_THRESHOLDS:
+            raise bad(f"more than {MAX_THRESHOLDS} values")
+        values = [round(a + k * step, 10) for k in range(int(np.floor(span)) + 1)]
+    else:
+        items = text.split(",")
+        if len(items) > MAX_THRESHOLDS:
+            raise bad(f"more than {MAX_THRESHOLDS} values")
+        values = [number(x) for x in items]
+    outside = [v for v in values if not 0.0 <= v <= 1.0]
+    if outside:
+        raise bad(f"value {outside[0]!r} is outside [0, 1]")
+    return tuple(sorted(set(values)))
+
+
+def thresholds_ok(spec: str) -> bool:
+    """True when parse_thresholds(spec) succeeds (emmil.config.validate's check)."""
+    try:
+        parse_thresholds(spec)
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -40,6 +117,9 @@ class LocalizeParams:
     gate: float = 0.15  # video-level class score needed to localise a class (released code: 0.15)
     score: str = "outer-inner"  # proposal score: "mean" | "outer-inner" (module doc)
     nms_iou: float | None = None  # per-class NMS tIoU threshold; 0 or None = off
+    # "" = one Eq. 5-form threshold (paper); "0.1,0.5" / "0.1:0.9:0.1" = levels on the min-max
+    # normalised L_c, runs pooled over levels (CO2-Net/DELU style; use with nms_iou, e.g. 0.5)
+    thresholds: str = ""
     min_clips: int = 1  # shortest proposal kept, in clips
     outer_margin: float = 0.25  # outer-inner margin as a fraction of the proposal length
 
@@ -58,6 +138,7 @@ class LocalizeParams:
             raise ConfigError(f"localize.nms_iou: must be None or a number in [0, 1], got {self.nms_iou!r}")
         if isinstance(self.min_clips, bool) or not isinstance(self.min_clips, int) or self.min_clips < 1:
             raise ConfigError(f"localize.min_clips: must be an integer >= 1, got {self.min_clips!r}")
+        parse_thresholds(self.thresholds)  # raises ConfigError naming localize.thresholds and the spec
 
 
 @dataclass(frozen=True)
@@ -113,6 +194,34 @@ def group_clips(on: np.ndarray, min_clips: int = 1) -> np.ndarray:
     return runs[(runs[:, 1] - runs[:, 0]) >= min_clips]
 
 
+def normalise_minmax(L_c: np.ndarray) -> np.ndarray | None:
+    """(L_c - min) / (max - min), (T,) -> (T,) in [0, 1]; None when L_c is constant (or empty)."""
+    if len(L_c) == 0:
+        return None
+    lo, hi = L_c.min(), L_c.max()
+    return (L_c - lo) / (hi - lo) if hi > lo else None
+
+
+def multi_threshold_runs(L_c: np.ndarray, levels: Sequence[float], min_clips: int = 1) -> np.ndarray:
+    """Runs (N, 2) [start, end) of N_c > theta for every theta in levels, N_c = L_c (T,) min-max
+    normalised; pooled over levels, identical runs kept once, sorted by (start, end). A constant
+    L_c or no levels -> (0, 2). Runs shorter than min_clips are dropped."""
+    norm = normalise_minmax(L_c)
+    if norm is None or len(levels) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    on = norm[None, :] > np.asarray(levels, dtype=np.float64)[:, None]  # (K, T): level k, clip t
+    padded = np.zeros((on.shape[0], on.shape[1] + 2), dtype=np.int8)  # (K, T + 2), False at both ends
+    padded[:, 1:-1] = on
+    edges = np.diff(padded, axis=1)  # (K, T + 1): +1 at a run's first clip, -1 one past its last
+    # row-major order: in each level the k-th start pairs with the k-th end, levels one after another
+    starts = np.nonzero(edges == 1)[1]
+    ends = np.nonzero(edges == -1)[1]
+    keep = (ends - starts) >= min_clips
+    width = on.shape[1] + 1  # ends <= T: start * (T + 1) + end is unique per run and sorts by (start, end)
+    keys = np.unique(starts[keep].astype(np.int64) * width + ends[keep])  # (N,) distinct runs, sorted
+    return np.stack([keys // width, keys % width], axis=1).reshape(-1, 2)
+
+
 def proposal_scores(
     L_c: np.ndarray, runs: np.ndarray, method: str, outer_margin: float, video_score: float
 ) -> np.ndarray:
@@ -145,15 +254,17 @@ def nms(runs: np.ndarray, scores: np.ndarray, iou: float | None) -> np.ndarray:
     order = np.argsort(-scores, kind="stable")
     if not iou:
         return order
-    keep: list[int] = []
     s, e = runs[:, 0].astype(np.float64), runs[:, 1].astype(np.float64)
+    # (N, N) tIoU of every pair; runs have length >= 1 clip, so the union is > 0
+    inter = np.clip(np.minimum(e[:, None], e[None, :]) - np.maximum(s[:, None], s[None, :]), 0, None)
+    overlaps = inter / ((e - s)[:, None] + (e - s)[None, :] - inter) > iou  # (N, N) bool
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep: list[int] = []
     for i in order:
-        if keep:
-            k = np.array(keep)
-            inter = np.clip(np.minimum(e[i], e[k]) - np.maximum(s[i], s[k]), 0, None)
-            if np.any(inter / ((e[i] - s[i]) + (e[k] - s[k]) - inter) > iou):
-                continue
+        if suppressed[i]:
+            continue
         keep.append(int(i))
+        suppressed |= overlaps[i]
     return np.array(keep, dtype=np.int64)
 
 
@@ -178,18 +289,41 @@ def localize_video(
     if L.shape[0] == 0:
         return []
     classes = gate_classes(vs, params.gate)
-    thresholds = class_thresholds(L[:, classes], params.gamma)
+    levels = parse_thresholds(params.thresholds)  # () = the paper's single Eq. 5-form threshold
+    if not levels:
+        thresholds = class_thresholds(L[:, classes], params.gamma)  # (C_gated,)
+        class_runs = (group_clips(L[:, c] > thr, params.min_clips) for c, thr in zip(classes, thresholds))
+    else:
+        class_runs = (multi_threshold_runs(L[:, c], levels, params.min_clips) for c in classes)
     out: list[Proposal] = []
-    for c, thr in zip(classes, thresholds):
-        runs = group_clips(L[:, c] > thr, params.min_clips)
+    for c, runs in zip(classes, class_runs):
         if len(runs) == 0:
             continue
         scores = proposal_scores(L[:, c], runs, params.score, params.outer_margin, float(vs[c]))
         keep = nms(runs, scores, params.nms_iou)
         sec = to_seconds(runs[keep], clip_seconds, duration)
-        for (s, e), (ss, es), sc in zip(runs[keep], sec, scores[keep]):
-            out.append(Proposal(int(c), int(s), int(e), float(ss), float(es), float(sc)))
+        ci = int(c)
+        # .tolist() first: iterating numpy rows costs ~1 us per element, and there can be many proposals
+        for (s, e), (ss, es), sc in zip(runs[keep].tolist(), sec.tolist(), scores[keep].tolist()):
+            out.append(Proposal(ci, int(s), int(e), float(ss), float(es), float(sc)))
     return out
+
+
+def whole_video_proposals(
+    video_scores, num_clips: int, *, gate: float, clip_seconds: float = WTALC_CLIP_SECONDS,
+    duration: float | None = None,
+) -> list[Proposal]:
+    """The floor reference: for each class passing gate_classes(video_scores (C,), gate), ascending,
+    one proposal [0, num_clips) scored by that class's video score, end clipped to the duration.
+    No clips -> no proposals."""
+    vs = _array(video_scores, "video_scores", 1)
+    if isinstance(num_clips, bool) or not isinstance(num_clips, (int, np.integer)) or num_clips < 0:
+        raise DataError(f"localize: num_clips must be an integer >= 0, got {num_clips!r}")
+    if num_clips == 0 or len(vs) == 0:
+        return []
+    (start, end), = to_seconds(np.array([[0, int(num_clips)]]), clip_seconds, duration)
+    return [Proposal(int(c), 0, int(num_clips), float(start), float(end), float(vs[c]))
+            for c in gate_classes(vs, gate)]
 
 
 def results_json(proposals: Mapping[str, Sequence[Proposal]], classes: Sequence[str]) -> dict:

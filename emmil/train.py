@@ -491,7 +491,7 @@ def localize_all(config: RunConfig, dataset: Dataset, videos: tuple[Video, ...],
 # The localiser values chosen per run on the held-out training videos (localize.select_on_val): the
 # same grid for every variant, so no variant gets a larger tuning budget. lam: Eq. 9 weight; gate:
 # threshold on the gate's softmax over classes (the release: 0.15).
-SELECTION_GRID = {"lam": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "gate": (0.05, 0.1, 0.15, 0.25)}
+SELECTION_GRID = {"lam": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "gate": (0.02, 0.05, 0.1, 0.15, 0.25)}
 
 
 def select_localizer(

@@ -233,7 +233,9 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
                                                                       for k, b in blist)))
     sections.append(Section(
         "Paired differences vs full",
-        ("Is a variant better than 'full'? Per seed s, d_s = variant_s - full_s; mean and 95% t-interval.",),
+        ("Is a variant better than 'full'? Per seed s, d_s = variant_s - full_s; mean and 95% t-interval. "
+         "Reference rows (ceiling, oracle, floor) are paired too: their difference measures full's distance "
+         "to them.",),
         tables=tuple(tables.paired_table(k, b) for k, b in blist)))
     sections.append(Section("Completeness", tables=tuple(tables.completeness_table(k, b) for k, b in blist)))
 

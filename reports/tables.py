@@ -4,6 +4,11 @@ Units: runs log mAP as fractions in [0, 1]; tables print percent with one decima
 the CSVs keep the fractions. Every table covers ONE block = (dataset, data_source, eval_protocol):
 rows measured on different datasets or on different feature sources are never merged, and the
 data source is printed in every row beside the published rows ("paper, real I3D features").
+
+Rows are method rows (the config variants in emmil.config.METHOD_VARIANTS, and any other) followed by
+the block's reference rows (REFERENCE_VARIANTS), labelled with their role: `ceiling: supervised`,
+`oracle: oracle-key`, `floor: whole-video`. A row's role comes from its CONFIG variant (the run's
+param `variant`), not from its label (tag emmil.variant, an experiment's variant name such as lam-0.8).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Mapping
 import pandas as pd
 import yaml
 
+from emmil.config import REFERENCE_VARIANTS
 from emmil.errors import DataError
 from reports.document import Table
 from reports.stats import mean_std, paired_difference
@@ -26,6 +32,19 @@ BLOCK_KEYS = ("dataset", "data_source", "eval_protocol")
 ROW_KEYS = ("stage", "variant", "config_group")
 BASELINE_VARIANT = "full"
 ATTENTION_VARIANTS = ("attention-mil", "no-pseudo-label")  # attention-based baselines (Figure 5 beside full)
+# Reference rows by config variant, in print order: what this architecture reaches with ground-truth clip
+# labels (ceiling), the EM-MIL M step with ground-truth key instances (oracle), one proposal per gated class
+# spanning the whole video (floor).
+REFERENCE_ROLES = {"supervised": "ceiling", "oracle-key": "oracle", "whole-video": "floor"}
+assert tuple(REFERENCE_ROLES) == REFERENCE_VARIANTS, "reports/tables.py: REFERENCE_ROLES out of date"
+METHOD_ROLE = "method"
+CEILING_VARIANT = "supervised"
+CONFIG_VARIANT_PARAM = "param:variant"  # the resolved config's `variant` (runs.py logs params as param:<key>)
+CEILING_METRIC = "test_avg_mAP"  # fraction of ceiling = row mean / ceiling mean of this metric
+CLS_METRIC = "test_cls_mAP"  # the video-level gate's classification mAP
+NO_REFERENCE_NOTE = ("no reference rows on this data: run `emmil ablate references` (ceiling = supervised, "
+                     "oracle = oracle-key, floor = whole-video) on the same dataset and data source, and build "
+                     "the report over its runs too.")
 
 # (published.yaml key, column header, metric key): Table 1 (THUMOS14) and Table 2 (ActivityNet1.2) columns.
 MAP_COLUMNS = {
@@ -139,20 +158,60 @@ def blocks(runs: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]
     return [(key, df) for key, df in runs.groupby(list(BLOCK_KEYS), sort=True)]
 
 
+def config_variant(group: pd.DataFrame) -> str:
+    """The config variant the runs of one row group trained (param `variant`); the row label (tag
+    emmil.variant) for runs without that param."""
+    if CONFIG_VARIANT_PARAM in group:
+        values = sorted({str(v) for v in group[CONFIG_VARIANT_PARAM] if not pd.isna(v) and str(v)})
+        if len(values) > 1:
+            raise DataError(f"runs {list(group['run_id'])} of one row have different params 'variant' {values}")
+        if values:
+            return values[0]
+    return str(group["variant"].iloc[0])
+
+
+def row_role(group: pd.DataFrame) -> str:
+    """'method', or the reference role ('ceiling' / 'oracle' / 'floor') of the row's config variant."""
+    return REFERENCE_ROLES.get(config_variant(group), METHOD_ROLE)
+
+
+def _role_order(role: str) -> int:
+    return 0 if role == METHOD_ROLE else 1 + list(REFERENCE_ROLES.values()).index(role)
+
+
 def row_groups(block: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
-    """The rows of one block: (stage, variant, config_group), `full` first inside a stage."""
+    """The rows of one block: (stage, variant, config_group). Method rows first (`full` first inside a
+    stage), then the reference rows: ceiling, oracle, floor."""
     groups = list(block.groupby(list(ROW_KEYS), sort=True))
-    return sorted(groups, key=lambda g: (g[0][0], g[0][1] != BASELINE_VARIANT, g[0][1], g[0][2]))
+    roles = {k: row_role(g) for k, g in groups}
+    return sorted(groups, key=lambda g: (roles[g[0]] != METHOD_ROLE, g[0][0], _role_order(roles[g[0]]),
+                                         g[0][1] != BASELINE_VARIANT, g[0][1], g[0][2]))
 
 
 def row_labels(block: pd.DataFrame) -> dict[tuple[str, str, str], str]:
-    """Display label per row group: the variant, plus the config hash when a variant has several configs."""
-    groups = [k for k, _ in row_groups(block)]
+    """Display label per row group: the variant, plus the config hash when a variant has several configs;
+    reference rows prefixed with their role (`ceiling: supervised`), plus the config variant when the
+    label differs from it."""
+    groups = row_groups(block)
+    keys = [k for k, _ in groups]
     labels = {}
-    for stage, variant, cfg in groups:
-        same = [g for g in groups if g[0] == stage and g[1] == variant]
-        labels[(stage, variant, cfg)] = variant if len(same) == 1 else f"{variant} [cfg {cfg}]"
+    for (stage, variant, cfg), group in groups:
+        same = [g for g in keys if g[0] == stage and g[1] == variant]
+        label = variant if len(same) == 1 else f"{variant} [cfg {cfg}]"
+        role = row_role(group)
+        if role != METHOD_ROLE:
+            cv = config_variant(group)
+            label = f"{role}: {label}" + ("" if cv == variant else f" [variant {cv}]")
+        labels[(stage, variant, cfg)] = label
     return labels
+
+
+def reference_rule(block: pd.DataFrame) -> int | None:
+    """Index (among row_groups) of the first reference row, or None when the block has none."""
+    for i, (_, group) in enumerate(row_groups(block)):
+        if row_role(group) != METHOD_ROLE:
+            return i
+    return None
 
 
 def metric_values(group: pd.DataFrame, metric: str) -> list[float]:
@@ -191,6 +250,7 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
     for key, block in blocks(runs):
         for rkey, group in row_groups(block):
             row = dict(zip(BLOCK_KEYS + ROW_KEYS, key + rkey))
+            row["role"], row["config_variant"] = row_role(group), config_variant(group)
             row["n"] = len(group)
             row["seeds"] = " ".join(str(s) for s in sorted(group["seed"]))
             for m in metrics:
@@ -213,38 +273,121 @@ def _synthetic_note(data_source: str, data_label: str) -> tuple[str, ...]:
     )
 
 
+# ---------------------------------------------------------------- reference rows
+@dataclass(frozen=True)
+class Ceiling:
+    key: tuple[str, str, str] | None  # (stage, variant, config_group) of the `supervised` rows used
+    mean: float  # their mean test_avg_mAP; nan when none
+    note: str  # which ceiling, when there was a choice; '' otherwise
+
+
+def choose_ceiling(block: pd.DataFrame, stage: str) -> Ceiling:
+    """The ceiling (config variant `supervised`) for the rows of one stage: the stage's own ceiling rows,
+    else the block's; with several configs, the one with most seeds (stated in the note)."""
+    groups = row_groups(block)
+    ceilings = [(k, g) for k, g in groups if config_variant(g) == CEILING_VARIANT]
+    if not ceilings:
+        return Ceiling(None, math.nan, "")
+    pool = [kg for kg in ceilings if kg[0][0] == stage] or ceilings
+    best_key, best = max(pool, key=lambda kg: len(kg[1]))  # the first of the largest, in row order
+    label = row_labels(block)[best_key]
+    notes = []
+    if len(pool) > 1:
+        notes.append(f"{len(pool)} ceiling configurations; fraction of ceiling uses '{label}' (stage "
+                     f"{best_key[0]}, most seeds, n={len(best)})")
+    elif best_key[0] != stage:
+        notes.append(f"stage {stage} has no ceiling run: fraction of ceiling uses '{label}' of stage {best_key[0]}")
+    return Ceiling(best_key, mean_std(metric_values(best, CEILING_METRIC)).mean, "; ".join(notes))
+
+
+def fraction_of_ceiling(group: pd.DataFrame, ceiling: Ceiling) -> float:
+    """Mean test_avg_mAP of the row / that of the ceiling; nan with no ceiling, a ceiling of 0 or no value."""
+    mean = mean_std(metric_values(group, CEILING_METRIC)).mean
+    if ceiling.key is None or not ceiling.mean > 0 or math.isnan(mean):
+        return math.nan
+    return mean / ceiling.mean
+
+
+def fraction_text(value: float) -> str:
+    """Two decimals ('0.43'); '' when missing."""
+    return "" if math.isnan(value) else f"{value:.2f}"
+
+
+def row_fractions(block: pd.DataFrame) -> tuple[dict[tuple[str, str, str], float], tuple[str, ...]]:
+    """Fraction of ceiling per row group, and the notes saying which ceiling was used (or why blank)."""
+    out, notes = {}, []
+    ceilings = {stage: choose_ceiling(block, stage) for stage in sorted(set(block["stage"]))}
+    for rkey, group in row_groups(block):
+        out[rkey] = fraction_of_ceiling(group, ceilings[rkey[0]])
+    labels = row_labels(block)
+    used = {c.key for c in ceilings.values() if c.key is not None}
+    if not used:
+        if reference_rule(block) is not None:
+            notes.append("no ceiling (`supervised`) rows on this data: the fraction-of-ceiling column is blank.")
+        return out, tuple(notes)
+    notes += [c.note for c in ceilings.values() if c.note]
+    for c in sorted({(c.key, c.mean) for c in ceilings.values() if c.key is not None}):
+        key, mean = c
+        notes.append(f"Fraction of ceiling = mean {CEILING_METRIC} of the row / that of '{labels[key]}' "
+                     f"({pct(mean)}%)" + ("; the ceiling is 0, so the column is blank." if not mean > 0 else "."))
+    return out, tuple(dict.fromkeys(notes))
+
+
+def reference_notes(block: pd.DataFrame) -> tuple[str, ...]:
+    """What the reference rows are, or that the block has none (NO_REFERENCE_NOTE)."""
+    if reference_rule(block) is None:
+        return (NO_REFERENCE_NOTE,)
+    return ("Reference rows (after the methods, not methods): ceiling = `supervised` (the same heads trained "
+            "with ground-truth clip labels), oracle = `oracle-key` (the EM-MIL M step with ground-truth key "
+            "instances), floor = `whole-video` (one proposal per gated class spanning the video).",)
+
+
 # ---------------------------------------------------------------- Table 1 / Table 2
 def map_table(key: tuple[str, str, str], block: pd.DataFrame, published: Published) -> Table:
-    """Table 1 (THUMOS14) or Table 2 (ActivityNet1.2) style: mAP (%) per tIoU, mean ± std over seeds."""
+    """Table 1 (THUMOS14) or Table 2 (ActivityNet1.2) style: mAP (%) per tIoU, mean ± std over seeds,
+    the fraction of ceiling and the gate's classification mAP; reference rows after the methods."""
     dataset, data_source, protocol = key
     spec = MAP_COLUMNS[dataset]
     show_stage = _has_search_stages(block)
-    columns = ("Method", "Data") + (("Stage",) if show_stage else ()) + ("n",) + tuple(h for _, h, _ in spec)
+    columns = (("Method", "Data") + (("Stage",) if show_stage else ()) + ("n",) + tuple(h for _, h, _ in spec)
+               + ("fraction of ceiling", "gate cls mAP"))
     labels = row_labels(block)
+    fractions, fraction_notes = row_fractions(block)
     rows, data = [], []
     for rkey, group in row_groups(block):
         cells = [labels[rkey], data_source] + ([rkey[0]] if show_stage else []) + [str(len(group))]
         cells += [pct_mean_std(metric_values(group, m)) for _, _, m in spec]
+        cells += [fraction_text(fractions[rkey]), pct_mean_std(metric_values(group, CLS_METRIC))]
         rows.append(tuple(cells))
-        data.append({"method": labels[rkey], "data": data_source, "stage": rkey[0], "n": len(group),
-                     **{m: mean_std(metric_values(group, m)).mean for _, _, m in spec}})
+        data.append({"method": labels[rkey], "role": row_role(group), "config_variant": config_variant(group),
+                     "data": data_source, "stage": rkey[0], "n": len(group),
+                     **{m: mean_std(metric_values(group, m)).mean for _, _, m in spec},
+                     "fraction_of_ceiling": fractions[rkey],
+                     CLS_METRIC: mean_std(metric_values(group, CLS_METRIC)).mean,
+                     f"{CLS_METRIC}_std": mean_std(metric_values(group, CLS_METRIC)).std})
+    ref_rule = reference_rule(block)
     rule = len(rows)
     for p in (p for p in published.rows if p.dataset == dataset):
         cells = [p.method, published.data_label] + ([""] if show_stage else []) + [""]
-        cells += [f"{p.values[k]:.1f}" if k in p.values else "" for k, _, _ in spec]
+        cells += [f"{p.values[k]:.1f}" if k in p.values else "" for k, _, _ in spec] + ["", ""]
         rows.append(tuple(cells))
-        data.append({"method": p.method, "data": published.data_label, "stage": "", "n": math.nan,
-                     **{m: p.values.get(k, math.nan) / 100 for k, _, m in spec}})
+        data.append({"method": p.method, "role": "published", "config_variant": "", "data": published.data_label,
+                     "stage": "", "n": math.nan, **{m: p.values.get(k, math.nan) / 100 for k, _, m in spec},
+                     "fraction_of_ceiling": math.nan, CLS_METRIC: math.nan, f"{CLS_METRIC}_std": math.nan})
     notes = _synthetic_note(data_source, published.data_label) + (
         f"Evaluation protocol: {protocol}. Cells: mean ± sample std over seeds (n runs), mAP in percent; "
         "an empty published cell was not reported by that paper.",
+        "gate cls mAP: the video-level gate's classification mAP (test_cls_mAP, %, mean ± std over seeds); a "
+        "class the gate misses cannot be localised. Published rows have no fraction of ceiling or gate column.",
+    ) + reference_notes(block) + fraction_notes + (
         "Published sources: " + "; ".join(f"{p.method}: {p.source}" for p in published.rows if p.dataset == dataset),
     )
     n = TABLE_NUMBER[dataset]
     return Table(
         key=block_key(f"table{n}", key),
         title=f"Table {n} style: {DATASET_TITLES[dataset]} detection mAP (%) by tIoU, this bench on {data_source}",
-        columns=columns, rows=tuple(rows), notes=notes, rule_before=(rule,), data=pd.DataFrame(data),
+        columns=columns, rows=tuple(rows), notes=notes,
+        rule_before=tuple(r for r in (ref_rule, rule) if r is not None), data=pd.DataFrame(data),
     )
 
 
@@ -256,8 +399,9 @@ class BaselineChoice:
 
 
 def choose_baseline(block: pd.DataFrame, stage: str) -> BaselineChoice:
-    """The `full` row group of a stage; with several configs, the one with most seeds (stated)."""
-    fulls = [(k, g) for k, g in row_groups(block) if k[0] == stage and k[1] == BASELINE_VARIANT]
+    """The `full` method row group of a stage; with several configs, the one with most seeds (stated)."""
+    fulls = [(k, g) for k, g in row_groups(block)
+             if k[0] == stage and k[1] == BASELINE_VARIANT and row_role(g) == METHOD_ROLE]
     if not fulls:
         return BaselineChoice(None, f"stage {stage}: no '{BASELINE_VARIANT}' runs, so no paired differences")
     best = max(fulls, key=lambda kg: len(kg[1]))
@@ -268,11 +412,12 @@ def choose_baseline(block: pd.DataFrame, stage: str) -> BaselineChoice:
 
 
 def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
-    """Each row group minus `full`, paired by seed: mean difference (points) and 95% t-interval."""
+    """Each row group (reference rows too, after the methods) minus `full`, paired by seed: mean difference
+    (points) and 95% t-interval."""
     dataset, data_source, protocol = key
     labels = row_labels(block)
     groups = dict(row_groups(block))
-    rows, data, notes = [], [], []
+    rows, data, notes, roles = [], [], [], []
     for stage in sorted({k[0] for k in groups}):
         choice = choose_baseline(block, stage)
         if choice.note:
@@ -294,55 +439,77 @@ def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
                     verdict = "better" if d.low > 0 else "worse" if d.high < 0 else "not distinguishable"
                 rows.append((labels[rkey], f"{labels[choice.key]}", data_source, metric_name, str(d.n),
                              "" if d.n == 0 else signed_pct(d.mean), ci, verdict))
-                data.append({"variant": labels[rkey], "baseline": labels[choice.key], "data": data_source,
-                             "stage": stage, "metric": metric, "n": d.n, "seeds": " ".join(map(str, d.seeds)),
+                roles.append(row_role(group))
+                data.append({"variant": labels[rkey], "role": roles[-1], "baseline": labels[choice.key],
+                             "data": data_source, "stage": stage, "metric": metric, "n": d.n,
+                             "seeds": " ".join(map(str, d.seeds)),
                              "mean_diff": d.mean, "std_diff": d.std, "ci_low": d.low, "ci_high": d.high})
     if not rows and not notes:
         notes.append(f"only '{BASELINE_VARIANT}' runs in this block: nothing to compare against it.")
+    # rows were added stage by stage: put the reference rows after every method row (stable inside each)
+    order = sorted(range(len(rows)), key=lambda i: roles[i] != METHOD_ROLE)
+    rows, data, roles = [rows[i] for i in order], [data[i] for i in order], [roles[i] for i in order]
+    first_ref = next((i for i, r in enumerate(roles) if r != METHOD_ROLE), None)
     notes = [
         f"{DATASET_TITLES[dataset]}, {data_source}, protocol {protocol}. Difference = variant - baseline in mAP "
         "points, paired by seed (only seeds present in both); 95% Student-t interval on the mean difference "
         "(t_{0.975, n-1} * sd / sqrt(n)). 'better' / 'worse' only when the interval excludes 0; n < 2 gives no "
         "interval.",
-    ] + notes
+    ] + notes + list(reference_notes(block))
+    if first_ref is not None:
+        notes.append("A reference row's difference is a distance, not a verdict on a method: how far "
+                     f"'{BASELINE_VARIANT}' is below the ceiling / oracle, how far above the floor.")
     return Table(
         key=block_key("paired", key),
         title=f"Paired differences vs '{BASELINE_VARIANT}' ({DATASET_TITLES[dataset]}, {data_source})",
         columns=("Variant", "Baseline", "Data", "Metric", "n pairs", "Mean diff (pts)", "95% CI (pts)", "Verdict"),
-        rows=tuple(rows), notes=tuple(notes), data=pd.DataFrame(data),
+        rows=tuple(rows), notes=tuple(notes), rule_before=() if first_ref is None else (first_ref,),
+        data=pd.DataFrame(data),
     )
 
 
 # ---------------------------------------------------------------- Table 3 (ablation)
 def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Published) -> Table:
-    """Table 3 style: mAP@0.5 per variant, the paper's 24.5 / 26.8 / 30.5 (THUMOS14, real I3D) beside it."""
+    """Table 3 style: mAP@0.5 per variant, the paper's 24.5 / 26.8 / 30.5 (THUMOS14, real I3D) beside it;
+    the fraction of ceiling and the gate's classification mAP; reference rows after the methods."""
     dataset, data_source, protocol = key
     labels = row_labels(block)
     groups = dict(row_groups(block))
+    fractions, fraction_notes = row_fractions(block)
     rows, data = [], []
     for rkey, group in groups.items():
         variant = rkey[1]
-        paper = published.ablation.get(variant) if dataset == "thumos14" else None
+        role = row_role(group)
+        is_paper_row = dataset == "thumos14" and role == METHOD_ROLE  # reference rows have no paper number
+        paper = published.ablation.get(variant) if is_paper_row else None
         choice = choose_baseline(block, rkey[0])
         diff = ""
         if choice.key is not None and rkey != choice.key:
             d = paired_difference(seed_map(group, "test_mAP_0.50"), seed_map(groups[choice.key], "test_mAP_0.50"))
             diff = (f"{signed_pct(d.mean)} [{signed_pct(d.low)}, {signed_pct(d.high)}] (n={d.n})" if d.has_ci
                     else "" if d.n == 0 else f"{signed_pct(d.mean)} (n={d.n}, no CI)")
-        rows.append((labels[rkey], published.ablation_names.get(variant, "") if dataset == "thumos14" else "",
+        rows.append((labels[rkey], published.ablation_names.get(variant, "") if is_paper_row else "",
                      data_source, str(len(group)), pct_mean_std(metric_values(group, "test_mAP_0.50")), diff,
-                     "" if paper is None else f"{paper:.1f}"))
-        data.append({"variant": labels[rkey], "data": data_source, "n": len(group),
+                     "" if paper is None else f"{paper:.1f}", fraction_text(fractions[rkey]),
+                     pct_mean_std(metric_values(group, CLS_METRIC))))
+        data.append({"variant": labels[rkey], "role": role, "config_variant": config_variant(group),
+                     "data": data_source, "n": len(group),
                      "test_mAP_0.50": mean_std(metric_values(group, "test_mAP_0.50")).mean,
-                     "paper_mAP_0.50": math.nan if paper is None else paper / 100})
+                     "paper_mAP_0.50": math.nan if paper is None else paper / 100,
+                     "fraction_of_ceiling": fractions[rkey],
+                     CLS_METRIC: mean_std(metric_values(group, CLS_METRIC)).mean})
     paper_col = f"Paper mAP@0.5 ({published.data_label})"
     notes = _synthetic_note(data_source, published.data_label) + (
-        f"Paper column: {published.ablation_source}; only THUMOS14 has published ablation numbers.",)
+        f"Paper column: {published.ablation_source}; only THUMOS14 has published ablation numbers.",
+        "Fraction of ceiling is on avg mAP (not mAP@0.5); gate cls mAP: test_cls_mAP (%), mean ± std over seeds.",
+    ) + reference_notes(block) + fraction_notes
+    ref_rule = reference_rule(block)
     return Table(
         key=block_key("table3", key),
         title=f"Table 3 style ablation: {DATASET_TITLES[dataset]} mAP@0.5 (%) per variant, this bench on {data_source}",
-        columns=("Variant", "Paper row", "Data", "n", "mAP@0.5 (this bench)", "vs full: diff [95% CI]", paper_col),
-        rows=tuple(rows), notes=notes, data=pd.DataFrame(data),
+        columns=("Variant", "Paper row", "Data", "n", "mAP@0.5 (this bench)", "vs full: diff [95% CI]", paper_col,
+                 "fraction of ceiling", "gate cls mAP"),
+        rows=tuple(rows), notes=notes, rule_before=() if ref_rule is None else (ref_rule,), data=pd.DataFrame(data),
     )
 
 
@@ -358,7 +525,7 @@ def completeness_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
         cells = [labels[rkey], data_source, str(len(group)), pct_mean_std(cov)]
         cells += [pct_mean_std(metric_values(group, f"test_mAP_{t:.2f}")) for t in high]
         rows.append(tuple(cells))
-        data.append({"variant": labels[rkey], "data": data_source, "n": len(group),
+        data.append({"variant": labels[rkey], "role": row_role(group), "data": data_source, "n": len(group),
                      "test_coverage": mean_std(cov).mean,
                      **{f"test_mAP_{t:.2f}": mean_std(metric_values(group, f"test_mAP_{t:.2f}")).mean for t in high}})
     return Table(
@@ -368,7 +535,9 @@ def completeness_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
         rows=tuple(rows),
         notes=("Coverage: mean over ground-truth segments of the fraction covered by the best-overlapping "
                "same-class prediction (emmil.evaluate.segment_coverage), mean ± std over seeds. The paper "
-               "argues EM-MIL's proposals are more complete: higher coverage and higher mAP at high tIoU.",),
+               "argues EM-MIL's proposals are more complete: higher coverage and higher mAP at high tIoU.",)
+        + reference_notes(block),
+        rule_before=() if reference_rule(block) is None else (reference_rule(block),),
         data=pd.DataFrame(data),
     )
 

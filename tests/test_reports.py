@@ -35,6 +35,10 @@ MAP05 = {
     "attention-mil": {0: 0.20, 1: 0.22},  # seed 2 crashed (FAILED run below): pairs over seeds 0, 1
 }
 COVERAGE = {"full": 0.70, "joint": 0.62, "no-pseudo-label": 0.55, "attention-mil": 0.50}
+# Reference rows of the same block: label (tag emmil.variant) -> (config variant = param `variant`, mAP@0.5 by seed).
+# The floor is labelled by its experiment (`floor-run`): the report must classify it by the param.
+REFERENCES = {"supervised": ("supervised", {0: 0.50, 1: 0.52, 2: 0.54}),
+              "floor-run": ("whole-video", {0: 0.05, 1: 0.06, 2: 0.07})}
 
 
 def thumos_metrics(m05: float, coverage: float) -> dict[str, float]:
@@ -132,6 +136,11 @@ def write_ablation(tr: Tracker) -> dict:
                                             timelines=tl, params={"lam": "0.8"})
     ids["failed"] = tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant="attention-mil", seed=2,
                              metrics=None, status="FAILED")
+    for label, (config_variant, seeds) in REFERENCES.items():
+        for seed, m05 in seeds.items():
+            tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant=label, seed=seed,
+                     metrics=thumos_metrics(m05, 0.9) | {"test_cls_mAP": 0.95 + 0.01 * seed},
+                     params={"lam": "0.8", "variant": config_variant})
     # Same experiment, another dataset and another data source: must stay in their own tables.
     for seed, m05 in {0: 0.35, 1: 0.37}.items():
         tr.trial(exp, parent, dataset="anet12", source=SYNTH_ANET, variant="full", seed=seed,
@@ -218,8 +227,10 @@ def test_ablation_and_completeness_tables(built):
     t3 = _csv(out, "table3_thumos14", SYNTH).set_index("variant")
     assert t3.loc["no-pseudo-label", "test_mAP_0.50"] == pytest.approx(0.24)
     # Paper Table 3 beside it: 24.5 / 26.8 / 30.5; attention-mil has no paper row.
+    nan = float("nan")
     assert t3["paper_mAP_0.50"].to_dict() == pytest.approx(
-        {"full": 0.305, "joint": 0.268, "no-pseudo-label": 0.245, "attention-mil": float("nan")}, nan_ok=True)
+        {"full": 0.305, "joint": 0.268, "no-pseudo-label": 0.245, "attention-mil": nan, "ceiling: supervised": nan,
+         "floor: floor-run [variant whole-video]": nan}, nan_ok=True)  # reference rows get no paper number
     comp = _csv(out, "completeness_thumos14", SYNTH).set_index("variant")
     assert comp.loc["joint", "test_coverage"] == pytest.approx(0.62)
     assert comp.loc["full", "test_mAP_0.70"] == pytest.approx(np.mean([v * 0.8 for v in MAP05["full"].values()]))
@@ -235,7 +246,8 @@ def test_datasets_and_data_sources_are_never_merged(built):
     synth = _csv(out, "table1_thumos14", SYNTH)
     assert REAL not in set(synth["data"]) and SYNTH_ANET not in set(synth["data"])
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == sum(map(len, MAP05.values())) + 1 + 2 + 2  # every trial run, the FAILED one included
+    # every trial run, the FAILED one included
+    assert len(runs) == sum(map(len, MAP05.values())) + 1 + sum(len(s) for _, s in REFERENCES.values()) + 2 + 2
     md = (out / "report.md").read_text()
     assert "NOT a reproduction of the paper" in md
 
@@ -344,3 +356,32 @@ def test_cli_writes_the_report_and_exits_2_on_bad_input(store, tmp_path, capsys)
     assert f"Report command: emmil report --experiment cli --tracking-uri {uri} --out {out}" in md
     assert main(["report", "--run-id", "0" * 32, "--tracking-uri", uri, "--out", str(out)]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+def test_reference_rows_fraction_of_ceiling_and_gate_column(built):
+    from reports.tables import NO_REFERENCE_NOTE
+
+    out, _, _ = built
+    t1 = _csv(out, "table1_thumos14", SYNTH)
+    ours = t1[t1["data"] == SYNTH]
+    # methods (full first), then the ceiling, then the floor (classified by its param variant); published after
+    assert list(ours["method"]) == ["full", "attention-mil", "joint", "no-pseudo-label", "ceiling: supervised",
+                                    "floor: floor-run [variant whole-video]"]
+    assert list(ours["role"]) == ["method"] * 4 + ["ceiling", "floor"]
+    ours = ours.set_index("method")
+    # avg mAP = m05 * mean(1.5 - t) over the 7 tIoUs, so fraction = mean(m05 of the row) / mean(m05 of supervised)
+    ceiling = np.mean(list(REFERENCES["supervised"][1].values()))
+    for variant, seeds in MAP05.items():
+        assert ours.loc[variant, "fraction_of_ceiling"] == pytest.approx(np.mean(list(seeds.values())) / ceiling)
+    assert ours.loc["ceiling: supervised", "fraction_of_ceiling"] == pytest.approx(1.0)
+    # gate: 0.95, 0.96, 0.97 -> 96.0 ± 1.0 for the references; 0.9 for every method run -> 90.0 ± 0.0
+    assert ours.loc["ceiling: supervised", "test_cls_mAP"] == pytest.approx(0.96)
+    md = (out / "report.md").read_text()
+    frac_full = np.mean(list(MAP05["full"].values())) / ceiling  # 0.31 / 0.52 = 0.596
+    assert f"| {frac_full:.2f} | 90.0 ± 0.0 |" in md and "| 1.00 | 96.0 ± 1.0 |" in md
+    paired = _csv(out, "paired_thumos14", SYNTH)
+    assert "floor: floor-run [variant whole-video]" in set(paired["variant"])  # references are paired too
+    # Blocks without reference runs say so; the report of the THUMOS14 synthetic block does not.
+    assert md.count(NO_REFERENCE_NOTE) == 2 * 4  # (anet12 synthetic, THUMOS14 real) x 4 per-block tables
+    t2 = _csv(out, "table2_anet12", SYNTH_ANET)
+    assert t2["fraction_of_ceiling"].isna().all() and t2["test_cls_mAP"].isna().all()  # no ceiling, no cls metric

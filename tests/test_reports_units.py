@@ -102,3 +102,132 @@ def test_uris_are_printed_without_passwords():
     assert redact("postgresql://bob:s3cr3t@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
     assert redact("http://h/api?password=abc&x=1") == "http://h/api?password=***&x=1"
     assert redact("sqlite:////tmp/results/mlflow.db") == "sqlite:////tmp/results/mlflow.db"
+
+
+# ---------------------------------------------------------------- reference rows (ceiling, oracle, floor)
+SRC = "semi-synthetic (test)"
+KEY = ("thumos14", SRC, "activitynet")
+
+
+def _block(rows, stage="ablation") -> pd.DataFrame:
+    """rows: (label = tag emmil.variant, config variant = param variant, seed, avg mAP, cls mAP), as fractions."""
+    return pd.DataFrame([
+        {"run_id": f"run{i}", "parent_run_id": "p", "dataset": KEY[0], "data_source": SRC, "eval_protocol": KEY[2],
+         "stage": stage, "variant": label, "param:variant": cv, "config_group": f"cfg-{label}", "seed": seed,
+         "test_avg_mAP": avg, "test_mAP_0.50": avg, "test_cls_mAP": cls, "test_coverage": 0.5}
+        for i, (label, cv, seed, avg, cls) in enumerate(rows)])
+
+
+# full 0.20, 0.30 -> 0.25; attention-mil 0.10, 0.20 -> 0.15; supervised 0.45, 0.55 -> 0.50 (the ceiling);
+# whole-video (labelled `wv` by its experiment) 0.04, 0.06 -> 0.05. Fraction of ceiling = mean / 0.50:
+# full 0.50, attention-mil 0.30, supervised 1.00, whole-video 0.10.
+# Gate cls mAP: full 0.80, 0.90 -> 85.0 ± 7.1 (sd 0.1/sqrt(2) = 0.0707); attention-mil 0.70, 0.70 -> 70.0 ± 0.0;
+# supervised 0.95, 0.99 -> 97.0 ± 2.8 (sd 0.04/sqrt(2) = 0.0283); whole-video 0.80, 0.90 -> 85.0 ± 7.1.
+REFERENCE_BLOCK = [
+    ("whole-video-run", "whole-video", 0, 0.04, 0.80), ("whole-video-run", "whole-video", 1, 0.06, 0.90),
+    ("supervised", "supervised", 0, 0.45, 0.95), ("supervised", "supervised", 1, 0.55, 0.99),
+    ("attention-mil", "attention-mil", 0, 0.10, 0.70), ("attention-mil", "attention-mil", 1, 0.20, 0.70),
+    ("full", "full", 0, 0.20, 0.80), ("full", "full", 1, 0.30, 0.90),
+]
+
+
+def _column(table, name):
+    i = table.columns.index(name)
+    return {row[0]: row[i] for row in table.rows}
+
+
+def test_reference_rows_follow_the_methods_with_fraction_of_ceiling_and_gate_cls_map():
+    from reports.tables import NO_REFERENCE_NOTE, load_published, map_table
+
+    pub = load_published()
+    t = map_table(KEY, _block(REFERENCE_BLOCK), pub)
+    ours = [r[0] for r in t.rows if r[1] == SRC]
+    # methods first (full first), then ceiling, oracle, floor; a reference row is classified by its CONFIG
+    # variant (param `variant`), and its label keeps the experiment's name plus the config variant.
+    assert ours == ["full", "attention-mil", "ceiling: supervised", "floor: whole-video-run [variant whole-video]"]
+    assert t.rule_before == (2, 4)  # a rule before the reference rows and before the published rows
+    frac, gate = _column(t, "fraction of ceiling"), _column(t, "gate cls mAP")
+    assert [frac[m] for m in ours] == ["0.50", "0.30", "1.00", "0.10"]
+    assert [gate[m] for m in ours] == ["85.0 ± 7.1", "70.0 ± 0.0", "97.0 ± 2.8", "85.0 ± 7.1"]
+    assert frac["EM-MIL (paper)"] == "" and gate["EM-MIL (paper)"] == ""  # published rows: no such columns
+    data = t.data.set_index("method")
+    assert data.loc["attention-mil", "fraction_of_ceiling"] == pytest.approx(0.30)
+    assert data.loc["ceiling: supervised", "role"] == "ceiling" and data.loc["full", "role"] == "method"
+    assert data.loc["full", "test_cls_mAP"] == pytest.approx(0.85)
+    assert "Fraction of ceiling = mean test_avg_mAP of the row / that of 'ceiling: supervised' (50.0%)." in t.notes
+    assert NO_REFERENCE_NOTE not in t.notes
+
+
+def test_reference_rows_in_table3_paired_and_completeness_tables():
+    from reports.tables import ablation_table, completeness_table, load_published, paired_table
+
+    block = _block(REFERENCE_BLOCK)
+    t3 = ablation_table(KEY, block, load_published())
+    assert [r[0] for r in t3.rows][2:] == ["ceiling: supervised", "floor: whole-video-run [variant whole-video]"]
+    paper = _column(t3, "Paper mAP@0.5 (paper, real I3D features)")
+    assert paper["full"] == "30.5" and paper["ceiling: supervised"] == "" and t3.rule_before == (2,)
+    assert _column(t3, "fraction of ceiling")["full"] == "0.50"
+    assert _column(t3, "gate cls mAP")["ceiling: supervised"] == "97.0 ± 2.8"
+    # supervised - full per seed: 0.45-0.20 = 0.55-0.30 = +0.25: sd 0, the interval is the point +25.0
+    p = paired_table(KEY, block)
+    assert [r[0] for r in p.rows[::2]] == ["attention-mil", "ceiling: supervised",
+                                           "floor: whole-video-run [variant whole-video]"]
+    sup = p.rows[2]
+    assert sup[3:] == ("mAP@0.5", "2", "+25.0", "[+25.0, +25.0]", "better") and p.rule_before == (2,)
+    comp = completeness_table(KEY, block)
+    assert [r[0] for r in comp.rows] == ["full", "attention-mil", "ceiling: supervised",
+                                         "floor: whole-video-run [variant whole-video]"]
+    assert list(comp.data["role"]) == ["method", "method", "ceiling", "floor"]
+
+
+def test_blocks_without_reference_rows_or_without_a_ceiling_say_so():
+    from reports.tables import (NO_REFERENCE_NOTE, ablation_table, completeness_table, load_published, map_table,
+                                paired_table)
+
+    pub = load_published()
+    # Methods only (one labelled by its experiment, lam-0.8, config variant full): no reference rows at all.
+    methods = _block([("full", "full", 0, 0.2, 0.8), ("lam-0.8", "full", 0, 0.3, 0.8)])
+    for table in (map_table(KEY, methods, pub), ablation_table(KEY, methods, pub), paired_table(KEY, methods),
+                  completeness_table(KEY, methods)):
+        assert NO_REFERENCE_NOTE in table.notes, table.key
+        assert "no reference rows on this data: run `emmil ablate references`" in NO_REFERENCE_NOTE
+    t = map_table(KEY, methods, pub)
+    assert set(_column(t, "fraction of ceiling").values()) == {""} and t.rule_before == (2,)
+    # A floor but no ceiling: blank column, and the note says why.
+    floor = _block([("full", "full", 0, 0.2, 0.8), ("whole-video", "whole-video", 0, 0.05, 0.8)])
+    t = map_table(KEY, floor, pub)
+    assert set(_column(t, "fraction of ceiling").values()) == {""}
+    assert any(n.startswith("no ceiling (`supervised`) rows") for n in t.notes)
+    # A ceiling of 0: blank, stated.
+    zero = _block([("full", "full", 0, 0.2, 0.8), ("supervised", "supervised", 0, 0.0, 0.9)])
+    t = map_table(KEY, zero, pub)
+    assert set(_column(t, "fraction of ceiling").values()) == {""}
+    assert any("the ceiling is 0" in n for n in t.notes)
+
+
+def test_several_ceiling_configs_use_the_one_with_most_seeds_and_say_so():
+    from reports.tables import load_published, map_table
+
+    # supervised cfg A over seeds 0, 1 (mean 0.40); cfg B over seed 2 only (0.80). full 0.20 -> 0.20/0.40 = 0.50.
+    rows = [("full", "full", 0, 0.2, 0.8), ("supervised", "supervised", 0, 0.4, 0.9),
+            ("supervised", "supervised", 1, 0.4, 0.9), ("supervised", "supervised", 2, 0.8, 0.9)]
+    block = _block(rows)
+    block.loc[3, "config_group"] = "cfg-B"
+    block.loc[[1, 2], "config_group"] = "cfg-A"
+    t = map_table(KEY, block, load_published())
+    frac = _column(t, "fraction of ceiling")
+    assert frac["full"] == "0.50" and frac["ceiling: supervised [cfg cfg-A]"] == "1.00"
+    assert frac["ceiling: supervised [cfg cfg-B]"] == "2.00"
+    assert any("2 ceiling configurations" in n and "'ceiling: supervised [cfg cfg-A]'" in n for n in t.notes)
+
+
+def test_a_stage_without_its_own_ceiling_uses_the_blocks_and_says_so():
+    from reports.tables import load_published, map_table
+
+    # A sweep's final-test `full` (0.30) beside an ablation-stage ceiling (0.60): 0.30 / 0.60 = 0.50.
+    block = pd.concat([_block([("full", "full", 0, 0.3, 0.8)], stage="final-test"),
+                       _block([("supervised", "supervised", 0, 0.6, 0.9)], stage="ablation")], ignore_index=True)
+    t = map_table(KEY, block, load_published())
+    assert [r[:3] for r in t.rows[:2]] == [("full", SRC, "final-test"), ("ceiling: supervised", SRC, "ablation")]
+    assert _column(t, "fraction of ceiling")["full"] == "0.50"
+    assert any(n.startswith("stage final-test has no ceiling run") for n in t.notes)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from emmil.errors import ConfigError
 from harness.experiments import Experiment, check_results_dir, expand_trials, list_experiments, load_experiment, summary_table
 
-TEST_METRICS = ("test_avg_mAP", "test_mAP_0.50")
+TEST_METRICS = ("test_avg_mAP", "test_mAP_0.50", "test_cls_mAP")  # cls mAP: the gate (a wrong class cannot be localised)
 
 
 def add_shared_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ def _exp(**extra):
 
 def test_shipped_experiments_include_table3_with_the_paper_rows():
     names = {e.name: e for e in list_experiments()}
-    assert {"table3", "lambda", "gamma", "schedule"} <= set(names)
+    assert {"table3", "lambda", "gamma", "schedule", "references", "localize"} <= set(names)
     rows = [v.name for v in names["table3"].variants]
     assert rows == ["no-pseudo-label", "joint", "full", "attention-mil"]
     # every variant of every shipped file resolves to a valid config
@@ -117,7 +117,8 @@ def test_space_with_an_unknown_config_key_is_rejected_by_the_config():
 
 
 def test_space_without_a_validation_slice_is_rejected():
-    space = parse_space({"params": {"train.gamma": {"distribution": "uniform", "low": 0, "high": 1}}}, "noval.yaml")
+    space = parse_space({"params": {"train.gamma": {"distribution": "uniform", "low": 0, "high": 1}},
+                         "fixed": {"train.val_fraction": 0.0}}, "noval.yaml")
     with pytest.raises(ConfigError, match="held-out slice of the training videos"):
         check_space(space, "thumos14", "quick")
 
