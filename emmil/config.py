@@ -45,8 +45,11 @@ class ModelConfig:
     # Authors' release: per head Conv1d(1024 -> 256, k=3, pad=1) -> ReLU -> Linear -> sigmoid.
     # The stream width (1024 for I3D) comes from the dataset; `hidden` is the conv's output width.
     hidden: int = 256
-    # The release applies dropout between the conv and the linear layer; 0.5 is the common W-TALC
-    # family value. Configurable (a sweep parameter).
+    # NOT in the authors' release (its heads have no dropout): a documented choice, applied between
+    # the conv and the linear layer of every head and in the gate. Measured on the held-out training
+    # videos (semi-synthetic THUMOS14 v1, quick preset, one video per step, seed 0; val avg mAP after
+    # the per-run lambda/gate choice): dropout 0 -> full 5.2 %, attention-mil 2.9 %, gate test cls mAP
+    # 0.49; dropout 0.5 -> 5.7 %, 17.2 %, 0.74. 0 reproduces the release's heads.
     dropout: float = 0.5
     kernel_size: int = 3  # temporal receptive field of the conv (odd: "same" padding)
     # Video-level classifier for test-time class gating (paper section 3.5: "a plain UntrimmedNet
@@ -172,7 +175,6 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         # 2.79 (ln 20 = 3.00), test classification mAP ~0.1; 3e-4 -> 0.28; 1e-3 -> loss 0.60, 0.62;
         # 1e-2 diverges to the uniform softmax. Variant-neutral: every variant trains the same gate.
         "train.cls_lr": 1e-3,
-        "model.dropout": 0.2,  # hidden 64 is 4x narrower than the release's 256: lighter dropout
     },
 }
 
