@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 
@@ -12,9 +14,14 @@ from emmil.data import synth
 from emmil.data.dataset import seconds_to_clip
 from emmil.data.safe_pickle import load_npy
 from emmil.data.synth import (
+    V1_PARAMS,
+    V2_PARAMS,
     SynthParams,
+    action_coverage,
     action_profile,
     context_profile,
+    feature_statistics,
+    generator_of,
     make_prototypes,
     make_synthetic,
     num_clips,
@@ -26,11 +33,17 @@ from harness.cli import main as cli_main
 
 DIM = 32  # per stream; small so the full THUMOS14 set is generated in < 1 s
 FEATURES = "Thumos14reduced-I3D-JOINTFeatures.npy"
+# sha256 of make_synthetic("thumos14", dim=16, seed=0, max_videos=6, generator="v1").features.tobytes(),
+# computed with the generator as it was before versions existed (v1 must stay byte-identical), and of the
+# feature file write_synthetic writes for the same arguments (numpy's pickle framing of float arrays).
+V1_FEATURES_SHA256 = "5e30dcc2f5a90318d69f38a00248979f351322cf6001f37e20400bdf39df9baa"
+V1_FILE_SHA256 = "ee16d91b12f2813ffe9d28c84e8dc23b8ef3d9c4ff5edf12063851ae7ebc36aa"
 
 
 @pytest.fixture(scope="module")
 def thumos():
-    return make_synthetic("thumos14", dim=DIM, seed=0)
+    # The phenomena tests below were measured on v1 (the numbers in their comments).
+    return make_synthetic("thumos14", dim=DIM, seed=0, generator="v1")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -68,6 +81,14 @@ def test_action_profile_peaks_in_the_middle():
     # m = 0.25 + 0.75 * sin^2 = 0.3598, 0.8902, 0.8902, 0.3598; clip 4 lies outside -> 0
     m = action_profile((0.0, 4 * 0.64), 5, p)
     np.testing.assert_allclose(m, [0.35983, 0.89017, 0.89017, 0.35983, 0.0], atol=1e-5)
+
+
+def test_flat_extent_profile_for_the_generic_fill():
+    # n(t) = overlap only: whole clips 1, half a clip 0.5; n - m >= 0 is what the peaked m leaves out
+    p = SynthParams()
+    np.testing.assert_allclose(action_profile((0.0, 4 * 0.64), 5, p, flat=True), [1, 1, 1, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(action_profile((0.0, 0.32), 2, p, flat=True), [0.5, 0.0], atol=1e-12)
+    assert (action_profile((0.0, 9 * 0.64), 9, p, flat=True) >= action_profile((0.0, 9 * 0.64), 9, p)).all()
 
 
 def test_action_profile_partial_clip_and_edge_cases():
@@ -154,7 +175,7 @@ def test_context_is_class_specific_and_stronger_in_rgb(thumos):
 # --- determinism, subsets, files ------------------------------------------------------------------
 
 def test_subset_is_class_covering_and_rows_match_the_full_set(thumos):
-    sub = make_synthetic("thumos14", dim=DIM, seed=0, max_videos=20)
+    sub = make_synthetic("thumos14", dim=DIM, seed=0, max_videos=20, generator="v1")
     for subset in ("validation", "test"):
         vids = sub.in_subset(subset)
         assert len(vids) == 20
@@ -162,7 +183,7 @@ def test_subset_is_class_covering_and_rows_match_the_full_set(thumos):
     full = {v.name: v for v in thumos.videos}
     for v in sub.videos:  # a video's features do not depend on which other videos are generated
         np.testing.assert_array_equal(sub.features_of(v), thumos.features_of(full[v.name]))
-    again = make_synthetic("thumos14", dim=DIM, seed=0, max_videos=20)
+    again = make_synthetic("thumos14", dim=DIM, seed=0, max_videos=20, generator="v1")
     assert [v.name for v in again.videos] == [v.name for v in sub.videos]
 
 
@@ -178,10 +199,10 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path)
 
 
 def test_round_trip_through_the_real_loader(tmp_path):
-    out = write_synthetic("thumos14", tmp_path / "d", dim=8, seed=3, max_videos=4)
+    out = write_synthetic("thumos14", tmp_path / "d", dim=8, seed=3, max_videos=4)  # default: v2
     mem = make_synthetic("thumos14", dim=8, seed=3, max_videos=4)
     loaded = load_wtalc(out, "thumos14")
-    assert loaded.source == mem.source == "semi-synthetic (emmil synth v1, dim=8, seed=3, thumos14, max_videos=4)"
+    assert loaded.source == mem.source == "semi-synthetic (emmil synth v2, dim=8, seed=3, thumos14, max_videos=4)"
     assert [(v.name, v.subset, v.num_clips, v.segments, v.labels) for v in loaded.videos] == [
         (v.name, v.subset, v.num_clips, v.segments, v.labels) for v in mem.videos
     ]
@@ -191,7 +212,8 @@ def test_round_trip_through_the_real_loader(tmp_path):
     # the annotation subset is consistent: every per-video array has 8 entries
     assert len(load_npy(out / "Thumos14reduced-Annotations" / "segments.npy", kind="segments")) == 8
     meta = json.loads((out / "SYNTHETIC.json").read_text())
-    assert meta["params"]["action_amplitude"] == SynthParams().action_amplitude
+    assert meta["generator"] == "v2" and meta["description"].startswith("emmil synth v2")
+    assert meta["params"] == dataclasses.asdict(V2_PARAMS)
     assert (meta["dim"], meta["seed"], meta["max_videos"], meta["videos"]) == (8, 3, 4, 8)
 
 
@@ -212,6 +234,112 @@ def test_a_failed_write_leaves_nothing_under_the_final_name(tmp_path, monkeypatc
     with pytest.raises(OSError):
         write_synthetic("thumos14", tmp_path / "x", dim=4, seed=0, max_videos=1)
     assert list(tmp_path.iterdir()) == []  # neither x nor its .partial folder
+
+
+# --- generator versions ----------------------------------------------------------------------------
+
+def test_v1_is_byte_identical_to_the_pinned_digest(tmp_path):
+    ds = make_synthetic("thumos14", dim=16, seed=0, max_videos=6, generator="v1")
+    assert ds.features.shape == (4767, 32)
+    assert hashlib.sha256(ds.features.tobytes()).hexdigest() == V1_FEATURES_SHA256
+    out = write_synthetic("thumos14", tmp_path / "v1", dim=16, seed=0, max_videos=6, generator="v1")
+    assert hashlib.sha256((out / FEATURES).read_bytes()).hexdigest() == V1_FILE_SHA256
+    # SynthParams() is v1; passing it explicitly is the same generator
+    again = make_synthetic("thumos14", dim=16, seed=0, max_videos=6, generator="v1", params=SynthParams())
+    np.testing.assert_array_equal(again.features, ds.features)
+    assert V1_PARAMS == SynthParams() and not V1_PARAMS.v2_only()
+
+
+def test_v2_is_deterministic_and_differs_from_v1():
+    a = make_synthetic("thumos14", dim=16, seed=0, max_videos=6)  # the default generator is v2
+    b = make_synthetic("thumos14", dim=16, seed=0, max_videos=6, generator="v2")
+    v1 = make_synthetic("thumos14", dim=16, seed=0, max_videos=6, generator="v1")
+    assert a.features.tobytes() == b.features.tobytes()
+    assert a.features.shape == v1.features.shape and not np.array_equal(a.features, v1.features)
+    assert a.source == "semi-synthetic (emmil synth v2, dim=16, seed=0, thumos14, max_videos=6)"
+    assert v1.source == "semi-synthetic (emmil synth v1, dim=16, seed=0, thumos14, max_videos=6)"
+    # a calibration grid point (other parameters) is labelled as such
+    custom = make_synthetic("thumos14", dim=4, seed=0, max_videos=1, params=dataclasses.replace(V2_PARAMS,
+                            action_amplitude=V2_PARAMS.action_amplitude + 1))
+    assert custom.source == "semi-synthetic (emmil synth v2, dim=4, seed=0, thumos14, max_videos=1, custom params)"
+
+
+def test_v2_with_the_appearance_off_is_v1():
+    # the v2-only fields draw from their own streams (or nothing): off, every other draw is v1's
+    off = dataclasses.replace(V2_PARAMS, appearance_amplitude=0.0, generic_fill=0.0)
+    v2_off = make_synthetic("thumos14", dim=8, seed=1, max_videos=3, generator="v2", params=off)
+    v1_same = make_synthetic("thumos14", dim=8, seed=1, max_videos=3, generator="v1", params=off)
+    np.testing.assert_array_equal(v2_off.features, v1_same.features)
+
+
+def test_generic_fill_puts_generic_motion_at_the_boundaries():
+    # One long THUMOS14 segment, v2 without appearance: with G = 1 and beta = 0 a boundary clip carries
+    # the generic direction g (not the class), the middle clip the class direction.
+    params = SynthParams(action_amplitude=8.0, action_boundary_level=0.0, generic_fill=1.0, noise_std=0.0,
+                         context_amplitude=0.0, instance_amplitude_std=0.0)
+    protos = make_prototypes(20, 16, 0, params)
+    assert protos.generic is not None and protos.generic.shape == (32,)
+    assert make_prototypes(20, 16, 0, dataclasses.replace(params, generic_fill=0.0)).generic is None
+    ds = make_synthetic("thumos14", dim=16, seed=0, max_videos=6, params=params)
+    v, (s, e), label = next((v, seg, lab) for v in ds.videos for seg, lab in zip(v.segments, v.segment_labels)
+                            if seg[1] - seg[0] > 10 * 0.64)  # video_validation_0000266, 12.4-21.8 s
+    first, middle = int(math.ceil(seconds_to_clip(s))), int(seconds_to_clip((s + e) / 2))
+    x = ds.features_of(v)
+    flow = slice(16, 32)
+    a, g = _unit(protos.action[ds.class_index[label], flow]), _unit(protos.generic[flow])
+    # boundary: sin(pi u)^2 ~ 0 -> mostly g; middle: sin ~ 1 -> mostly the class direction
+    assert x[first, flow] @ g - x[first, flow] @ a > 1.0
+    assert x[middle, flow] @ a > x[first, flow] @ a + 2.0
+
+
+def test_v2_respects_the_public_facts_about_i3d_features():
+    # full THUMOS14 at dim 32: post-ReLU with many zeros; videos differ more than clips within a video
+    v2 = feature_statistics(make_synthetic("thumos14", dim=DIM, seed=0))
+    v1 = feature_statistics(make_synthetic("thumos14", dim=DIM, seed=0, generator="v1"))
+    assert 0.25 < v2["zero_fraction"] < 0.5  # measured 0.405 (v1 0.343)
+    assert v2["between_within_ratio"] > 1.0  # measured 2.8 at dim 32 (v1 0.50: v1 does not respect it)
+    assert v1["between_within_ratio"] < 1.0
+    # actions cover 29.4% of a THUMOS14 test video on average (the real annotations: both versions)
+    assert v2["action_coverage"] == v1["action_coverage"] == pytest.approx(0.2945, abs=5e-4)
+
+
+def test_action_coverage_merges_overlaps_and_clips_to_the_duration(thumos):
+    v = thumos.videos[0]
+    one = dataclasses.replace(thumos, videos=(dataclasses.replace(
+        v, subset=thumos.test_subset, duration=10.0,
+        segments=((1.0, 3.0), (2.0, 4.0), (9.0, 12.0)), segment_labels=(v.labels[0],) * 3),))
+    # union [1, 4] + [9, 10] (clipped) = 4 s of 10 s
+    assert action_coverage(one) == pytest.approx(0.4)
+
+
+def test_synthetic_json_records_the_version_and_old_folders_read_as_v1(tmp_path):
+    out = write_synthetic("thumos14", tmp_path / "v1", dim=4, seed=0, max_videos=1, generator="v1")
+    meta = json.loads((out / "SYNTHETIC.json").read_text())
+    assert meta["generator"] == "v1" and meta["description"] == "emmil synth v1, dim=4, seed=0, thumos14, max_videos=1"
+    assert generator_of(meta) == "v1"
+    # a folder written before versions existed: no "generator" key -> v1, and the loader still labels it
+    del meta["generator"]
+    (out / "SYNTHETIC.json").write_text(json.dumps(meta))
+    assert generator_of(meta) == "v1"
+    source = load_wtalc(out, "thumos14").source
+    assert source == "semi-synthetic (emmil synth v1, dim=4, seed=0, thumos14, max_videos=1)"
+    assert generator_of({"generator": "v2"}) == "v2"
+
+
+def test_unknown_generator_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="unknown synthetic generator 'v3'"):
+        make_synthetic("thumos14", dim=4, seed=0, max_videos=1, generator="v3")
+    with pytest.raises(ConfigError, match="unknown synthetic generator 'V2'"):
+        write_synthetic("thumos14", tmp_path / "x", dim=4, seed=0, max_videos=1, generator="V2")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="unknown synthetic generator 'v0'"):
+        generator_of({"generator": "v0"})
+    # v1 has no appearance term: a v2-only field switched on is refused, not silently mislabelled
+    with pytest.raises(ConfigError, match="generator 'v1' has no .*appearance_amplitude"):
+        make_synthetic("thumos14", dim=4, seed=0, max_videos=1, generator="v1",
+                       params=SynthParams(appearance_amplitude=1.0))
+    with pytest.raises(ConfigError, match="generator 'v1' has no generic_fill"):
+        make_synthetic("thumos14", dim=4, seed=0, max_videos=1, generator="v1", params=SynthParams(generic_fill=0.5))
 
 
 def test_invalid_arguments_raise_config_errors():
@@ -242,6 +370,26 @@ def test_cli_writes_then_overwrites_its_own_output(tmp_path, capsys):
     assert (out / FEATURES).read_bytes() != first
     assert json.loads((out / "SYNTHETIC.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no partial/old folder left
+
+
+def test_cli_generator_option(tmp_path, capsys):
+    base = ["data", "synth", "--dataset", "thumos14", "--dim", "4", "--max-videos", "1", "--no-progress"]
+    assert cli_main(base + ["--out", str(tmp_path / "default")]) == 0  # default v2
+    assert "generator v2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "default" / "SYNTHETIC.json").read_text())["generator"] == "v2"
+    assert cli_main(base + ["--out", str(tmp_path / "old"), "--generator", "v1"]) == 0
+    meta = json.loads((tmp_path / "old" / "SYNTHETIC.json").read_text())
+    assert meta["generator"] == "v1" and meta["description"].startswith("emmil synth v1,")
+    assert cli_main(base + ["--out", str(tmp_path / "bad"), "--generator", "v9"]) == 2
+    assert "unknown synthetic generator 'v9'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_help_documents_the_generator(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["data", "synth", "--help"])
+    text = capsys.readouterr().out
+    assert "--generator" in text and "default v2" in text
 
 
 def test_cli_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
