@@ -329,10 +329,11 @@ def synthetic_data(name: str = "thumos14", *, dim: int, max_videos: int | None =
     Cached under `root` (default bench/out/data/) in a folder named by its parameters; a folder
     without SYNTHETIC.json (an interrupted write) is rewritten.
     """
-    from emmil.data.synth import write_synthetic
+    from emmil.data.synth import DEFAULT_GENERATOR, write_synthetic
 
     root = Path(root) if root is not None else out_dir("data")
-    folder = root / f"{name}-d{dim}-n{max_videos or 'all'}-s{seed}"
+    # the generator version is in the name: a cached v1 folder is never reused as v2
+    folder = root / f"{name}-{DEFAULT_GENERATOR}-d{dim}-n{max_videos or 'all'}-s{seed}"
     if not any(folder.rglob("SYNTHETIC.json")):
         written = write_synthetic(name, folder, dim=dim, seed=seed, max_videos=max_videos)
         return Path(written) if written is not None else folder
