@@ -14,7 +14,7 @@ install: $(BIN)/emmil
 
 demo: $(BIN)/emmil
 	$(BIN)/emmil data synth --dataset thumos14 --out data/synth-thumos14-quick --preset quick
-	$(BIN)/emmil ablate table3 --dataset thumos14 --data-dir data/synth-thumos14-quick --preset quick --seeds 3 --results $(RESULTS)
+	$(BIN)/emmil ablate references --dataset thumos14 --data-dir data/synth-thumos14-quick --preset quick --seeds 2 --results $(RESULTS)
 
 test: $(BIN)/emmil
 	$(BIN)/python -m pytest -q
