@@ -59,3 +59,26 @@ def test_packing_does_not_mix_video_statistics():
         assert torch.equal(packed_m[sl], m_step_labels(q[sl], y[i : i + 1], alone, 0.15))
         assert torch.equal(packed_e[sl], e_step_labels(p[sl], y[i : i + 1], alone))
         start += t
+
+
+def test_clip_labels_of_a_six_clip_video_with_one_segment():
+    # Clip t covers [t, t+1) in clip units; segment (1.5, 3.2) of class 1 overlaps clips 1 ([1,2) by
+    # 0.5), 2 (fully) and 3 ([3,4) by 0.2): rows 1-3 are 1 for class 1; clips 0, 4, 5 and class 0 are 0.
+    from emmil.pseudo_labels import clip_labels
+
+    out = clip_labels([(1.5, 3.2)], [1], num_clips=6, num_classes=2)
+    assert out.tolist() == [[0, 0], [0, 1], [0, 1], [0, 1], [0, 0], [0, 0]]
+    # A segment touching a clip boundary exactly does not label the clip it only touches: (2, 3) -> clip 2
+    # alone; one running past the video end is clipped; a zero-length segment labels nothing.
+    out = clip_labels([(2.0, 3.0), (4.5, 9.0), (1.0, 1.0)], [0, 1, 1], num_clips=6, num_classes=2)
+    assert out.tolist() == [[0, 0], [0, 0], [1, 0], [0, 0], [0, 1], [0, 1]]
+
+
+def test_per_video_mean_weighs_videos_alike():
+    # video 0: rows (1, 3) -> mean over its 2 rows x 2 classes of [[1, 3], [1, 3]] = 2; video 1: [[10, 10]] -> 10.
+    # Per video, then over videos: (2 + 10) / 2 = 6 (a mean over all 6 entries would give 28 / 6 = 4.67).
+    from emmil.pseudo_labels import per_video_mean
+
+    values = torch.tensor([[1.0, 3.0], [1.0, 3.0], [10.0, 10.0]])
+    assert per_video_mean(values, make_packing([2, 1]).seg, 2).item() == 6.0
+    assert per_video_mean(torch.tensor([1.0, 2.0, 6.0]), make_packing([3]).seg, 1).item() == 3.0

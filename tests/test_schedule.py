@@ -35,3 +35,14 @@ def test_non_alternating_variants():
     assert not plan_epoch(1, t, "attention-mil").all_positive
     assert not plan_epoch(1, t, "no-pseudo-label").all_positive  # no pseudo-labels at all
     assert plan_epoch(31, t, "attention-mil").lr_scale == 4.0
+
+
+def test_reference_variants_schedule():
+    t = resolve_config("thumos14").train
+    # oracle-key alternates exactly like full, but its labels are ground truth: no all-positive block
+    assert [plan_epoch(e, t, "oracle-key").step for e in range(1, 66)] == [plan_epoch(e, t, "full").step
+                                                                          for e in range(1, 66)]
+    assert not any(plan_epoch(e, t, "oracle-key").all_positive for e in range(1, 66))
+    assert all(plan_epoch(e, t, "supervised").step == "joint" for e in range(1, 66))
+    assert not plan_epoch(1, t, "supervised").all_positive
+    assert all(plan_epoch(e, t, "whole-video").step == "none" for e in range(1, 66))  # only the gate trains
