@@ -85,7 +85,7 @@ class TrainConfig:
     # The gate trains on its own schedule, in the first `gate_epochs` epochs, then stays frozen (the
     # release gates with a separately trained UntrimmedNet, 45 epochs; inside a 65-epoch EM loop at
     # batch 10 our gate ended barely above the class prior).
-    gate_epochs: int = 45
+    gate_epochs: int = 45  # ActivityNet1.2: the same gate (the paper used W-TALC's classifier there)
     # Evaluation protocol: drop predictions overlapping THUMOS14 'Ambiguous' segments (W-TALC evaluator
     # option). False = the plain ActivityNet-evaluator protocol.
     exclude_ambiguous: bool = False
