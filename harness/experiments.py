@@ -170,12 +170,17 @@ def list_experiments(directory: Path = ABLATIONS_DIR) -> list[Experiment]:
 
 
 def expand_trials(experiment: Experiment, seeds: int, first_seed: int = 0) -> list[TrialSpec]:
-    """Variants x seeds, variant-major: 2 variants x 2 seeds -> [a-s0, a-s1, b-s0, b-s1]."""
+    """Variants x seeds, seed-major: 2 variants x 2 seeds -> [a-s0, b-s0, a-s1, b-s1].
+
+    Seed-major so that a long ablation stopped part-way (a paper-preset Table 3 on a CPU takes hours)
+    has every variant at its first seeds done, which is a comparable table, rather than all seeds of
+    the first variants and nothing of the last ones.
+    """
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     trials = []
-    for variant in experiment.variants:
-        for seed in range(first_seed, first_seed + seeds):
+    for seed in range(first_seed, first_seed + seeds):
+        for variant in experiment.variants:
             merged = {**experiment.overrides, **variant.overrides}
             trials.append(TrialSpec(f"{variant.name}-s{seed}", variant.name, seed, merged))
     return trials

@@ -43,11 +43,11 @@ def test_shipped_experiments_include_table3_with_the_paper_rows():
             resolve_config(exp.dataset or "thumos14", preset="quick", seed=trial.seed, overrides=trial.overrides)
 
 
-def test_expand_trials_is_variant_major_with_merged_overrides():
+def test_expand_trials_is_seed_major_with_merged_overrides():
     exp = _exp(overrides={"train.epochs": 3})
     trials = expand_trials(exp, 2)
-    # 2 variants x 2 seeds, variant-major
-    assert [t.name for t in trials] == ["a-s0", "a-s1", "b-s0", "b-s1"]
+    # 2 variants x 2 seeds, seed-major: every variant at seed 0 before any at seed 1
+    assert [t.name for t in trials] == ["a-s0", "b-s0", "a-s1", "b-s1"]
     assert trials[3].overrides == {"train.epochs": 3, "variant": "joint", "train.gamma": 0.1}
     assert trials[3].seed == 1
 
