@@ -251,10 +251,20 @@ def restorable(path: Path) -> bool:
 
 
 class TrialProgress(tune.Callback):
-    """One line per finished/failed trial on stdout (Tune itself runs with verbose=0)."""
+    """One line per finished/failed trial on stdout (Tune itself runs with verbose=0), and a heartbeat
+    line per running trial at most every `heartbeat_s` seconds: a paper-preset trial on a CPU runs for
+    tens of minutes, and a driver silent that long looks hung."""
 
-    def __init__(self, total: int, label: str = "trial"):
+    def __init__(self, total: int, label: str = "trial", heartbeat_s: float = 60.0):
         self.total, self.label, self.done, self.start = total, label, 0, time.time()
+        self.heartbeat_s = heartbeat_s
+        self.last_beat: dict[str, float] = {}  # trial_id -> time of its last heartbeat line
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.time()
+        if now - self.last_beat.setdefault(trial.trial_id, self.start) >= self.heartbeat_s:
+            self.last_beat[trial.trial_id] = now
+            self._line(trial, "running", result)
 
     def _line(self, trial, word: str, result: Mapping | None) -> None:
         result = result or {}
