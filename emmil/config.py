@@ -19,13 +19,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from emmil.data.safe_parse import load_yaml, short_repr
 from emmil.errors import ConfigError
+
+MAX_SEED = 2**32 - 1  # numpy.random.seed / torch generators: larger seeds overflow deep inside
+_MAX_INT = 2**63 - 1  # every int field ends up in a C int64 (torch, numpy)
 
 DATASETS = ("thumos14", "anet12")
 # Methods (Table 3 and the attention-MIL baseline) and reference rows (issue 10): `supervised` is the
@@ -200,18 +205,33 @@ def _parse_value(key: str, raw: Any, target_type: Any) -> Any:
             if isinstance(raw, float):
                 if not raw.is_integer():
                     raise ValueError(raw)
-                return int(raw)
-            return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+                value = int(raw)
+            elif isinstance(raw, str):
+                text = raw.strip()
+                if len(text.lstrip("+-")) > 19:  # int() of a huge string is slow and no field needs it
+                    raise ConfigError(f"config key {key!r}: {short_repr(raw)} is too large (at most 2**63 - 1)")
+                value = int(text)
+            else:
+                value = int(raw)
+            if abs(value) > _MAX_INT:
+                raise ConfigError(f"config key {key!r}: {short_repr(raw)} is too large (at most 2**63 - 1)")
+            return value
         if kind is float:
             if isinstance(raw, bool):
                 raise ValueError(raw)
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # 'inf', 'nan', '1e309' (overflows to inf), YAML .inf
+                raise ConfigError(f"config key {key!r}: {short_repr(raw)} is not a finite number")
+            return value
         if kind is str:
             if not isinstance(raw, str):
                 raise ValueError(raw)
             return raw.strip()
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as {getattr(kind, '__name__', kind)}") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"config key {key!r}: cannot parse {short_repr(raw)} as "
+                          f"{getattr(kind, '__name__', kind)}") from None
     raise ConfigError(f"config key {key!r}: unsupported type {target_type}")
 
 
@@ -224,7 +244,7 @@ def _flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
         if not isinstance(key, str):
-            raise ConfigError(f"{source}: config key {key!r} is not a string")
+            raise ConfigError(f"{source}: config key {short_repr(key)} is not a string")
         if key in SECTIONS and isinstance(value, Mapping):
             for sub, v in value.items():
                 flat[f"{key}.{sub}"] = v
@@ -243,12 +263,12 @@ def _apply(values: dict[str, Any], updates: Mapping[str, Any], source: str) -> N
             types = _field_types(SECTIONS[section])
             if name not in types:
                 raise ConfigError(
-                    f"{source}: unknown config key {key!r}; {section} has {sorted(types)}"
+                    f"{source}: unknown config key {short_repr(key)}; {section} has {sorted(types)}"
                 )
             typ = types[name]
         else:
             raise ConfigError(
-                f"{source}: unknown config key {key!r}; expected one of {list(TOP_LEVEL)} or "
+                f"{source}: unknown config key {short_repr(key)}; expected one of {list(TOP_LEVEL)} or "
                 f"'<section>.<field>' with section in {list(SECTIONS)}"
             )
         values[key] = _parse_value(key, raw, typ)
@@ -264,7 +284,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("variant", cfg.variant in VARIANTS, f"unknown variant {cfg.variant!r}; expected one of {VARIANTS}"),
         ("preset", cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; expected one of {PRESETS}"),
         ("device", cfg.device in DEVICES, f"unknown device {cfg.device!r}; expected one of {DEVICES}"),
-        ("seed", cfg.seed >= 0, "must be >= 0"),
+        ("seed", 0 <= cfg.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}] (2**32 - 1, numpy's seed range)"),
         ("model.hidden", m.hidden >= 1, "must be >= 1"),
         ("model.cls_hidden", m.cls_hidden >= 1, "must be >= 1"),
         ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
@@ -296,7 +316,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, ok, message in checks:
         if not ok:
             value = cfg.to_flat_dict()[key]
-            raise ConfigError(f"config key {key!r} = {value!r}: {message}")
+            raise ConfigError(f"config key {key!r} = {short_repr(value)}: {message}")
     return cfg
 
 
@@ -331,21 +351,16 @@ def resolve_config(
     _apply(values, PRESET_OVERRIDES[preset], f"preset {preset!r}")
     if config_file is not None:
         path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        loaded = load_yaml(path, "config file", error=ConfigError)  # UTF-8, no aliases, bounded depth
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
         flat = _flatten(loaded, str(path))
         if "dataset" in flat and flat["dataset"] != dataset:
-            raise ConfigError(f"{path}: config key 'dataset' is {flat['dataset']!r} but the run is on {dataset!r}")
+            raise ConfigError(f"{path}: config key 'dataset' is {short_repr(flat['dataset'])} but the run is on {dataset!r}")
         if "preset" in flat and flat["preset"] != preset:
-            raise ConfigError(f"{path}: config key 'preset' is {flat['preset']!r} but the run uses {preset!r}")
+            raise ConfigError(f"{path}: config key 'preset' is {short_repr(flat['preset'])} but the run uses {preset!r}")
         _apply(values, flat, str(path))
     overrides = dict(overrides)
     for key in ("dataset", "preset"):
@@ -364,7 +379,7 @@ def parse_set_args(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"--set {short_repr(item)}: expected key=value")
         key, value = item.split("=", 1)
         out[key.strip()] = value
     return out

@@ -51,6 +51,9 @@ TIOU: dict[str, np.ndarray] = {
     "thumos14": np.linspace(0.1, 0.7, 7),
     "anet12": np.linspace(0.5, 0.95, 10),
 }
+# At most this many thresholds (a 0.01 grid over [0, 1] is 101 > 100: that is 0:0.99:0.01). Matching
+# keeps (thresholds x predictions) arrays: `--tiou 0:1:1e-7` used to grow to 20 GB (issue 15).
+MAX_TIOU = 100
 
 
 class EvaluationWarning(UserWarning):
@@ -410,6 +413,8 @@ def detection_map(
     if unknown_videos not in ("false-positive", "drop"):
         raise ValueError(f"unknown_videos must be 'false-positive' or 'drop', got {unknown_videos!r}")
     thr = np.asarray(tiou, dtype=np.float64).reshape(-1)
+    if len(thr) > MAX_TIOU:
+        raise DataError(f"{len(thr)} tIoU thresholds: at most {MAX_TIOU} are allowed")
     if len(thr) == 0 or not np.all(np.isfinite(thr)) or thr.min() < 0 or thr.max() > 1:
         raise DataError(f"tIoU thresholds must be non-empty and in [0, 1], got {thr.tolist()}")
     gt = _ground_truth_table(ground_truth, subset, ground_truth_name)
@@ -548,15 +553,23 @@ def segment_coverage(ground_truth: Mapping, predictions: Mapping, subset: str | 
 
 def parse_tiou(text: str) -> np.ndarray:
     """"0.1:0.7:0.1" -> linspace(0.1, 0.7, 7) (the official float values); "0.5,0.75" -> a list."""
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if text.count(",") >= MAX_TIOU:  # before splitting: a huge list is refused without building it
+        raise DataError(f"--tiou: at most {MAX_TIOU} thresholds, got {text.count(',') + 1}")
     try:
         if ":" in text:
             lo, hi, step = (float(x) for x in text.split(":"))
-            if step <= 0 or hi < lo:
+            if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(step)) or step <= 0 or hi < lo:
                 raise ValueError
-            return np.linspace(lo, hi, int(round((hi - lo) / step)) + 1)
+            count = round((hi - lo) / step) + 1  # checked before np.linspace allocates (0:1:1e-7 was 20 GB)
+            if count > MAX_TIOU:
+                raise DataError(f"--tiou {shown}: {count} thresholds, at most {MAX_TIOU} are allowed")
+            return np.linspace(lo, hi, int(count))
         return np.array([float(x) for x in text.split(",")])
-    except ValueError:
-        raise DataError(f"--tiou: expected START:STOP:STEP or a comma list, got {text!r}") from None
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"--tiou: expected START:STOP:STEP or a comma list, got {shown!r}") from None
 
 
 _AMBIGUOUS_LINE = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s*$")

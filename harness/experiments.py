@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from emmil.data.safe_parse import load_yaml, short_repr
 from emmil.errors import ConfigError
 
 ABLATIONS_DIR = Path(__file__).resolve().parents[1] / "ablations"
@@ -44,7 +43,7 @@ def check_safe_name(name: object, where: str) -> str:
     """`name` if it is safe as one path component and an MLflow name, else ConfigError."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
         raise ConfigError(
-            f"{where}: name {name!r} is not allowed (letters, digits, '-', '_', '.'; no '/', no '..', "
+            f"{where}: name {short_repr(name)} is not allowed (letters, digits, '-', '_', '.'; no '/', no '..', "
             "at most 64 characters): it becomes a directory under the results dir"
         )
     return name
@@ -79,15 +78,11 @@ class TrialSpec:
     overrides: Mapping[str, Any]  # experiment + variant overrides (seed excluded)
 
 
+MAX_SEEDS = 1000  # seeds per variant: more is a typo (and a trial list that fills memory), not a plan
+
+
 def _read_yaml_mapping(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = load_yaml(path, "YAML", error=ConfigError)  # UTF-8, no aliases (alias bombs), bounded depth
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -115,7 +110,7 @@ def parse_experiment(data: Mapping, path: str) -> Experiment:
     name = check_safe_name(data.get("name"), f"{path}: 'name'")
     stem = Path(path).stem
     if path.endswith((".yaml", ".yml")) and stem != name:
-        raise ConfigError(f"{path}: 'name' is {name!r} but the file is {stem!r}.yaml; they must agree")
+        raise ConfigError(f"{path}: 'name' is {short_repr(name)} but the file is {stem!r}.yaml; they must agree")
     raw_variants = data.get("variants")
     if not isinstance(raw_variants, list) or not raw_variants:
         raise ConfigError(f"{path}: 'variants' must be a non-empty list")
@@ -132,8 +127,8 @@ def parse_experiment(data: Mapping, path: str) -> Experiment:
     if dupes:
         raise ConfigError(f"{path}: duplicate variant name(s) {dupes}")
     seeds = data.get("seeds", 5)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"{path}: 'seeds' must be a positive integer, got {seeds!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"{path}: 'seeds' must be a positive integer (at most {MAX_SEEDS}), got {short_repr(seeds)}")
     return Experiment(
         name=name,
         description=str(data.get("description", "")).strip(),
@@ -176,8 +171,8 @@ def expand_trials(experiment: Experiment, seeds: int, first_seed: int = 0) -> li
     has every variant at its first seeds done, which is a comparable table, rather than all seeds of
     the first variants and nothing of the last ones.
     """
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds must be in [1, {MAX_SEEDS}], got {short_repr(seeds)}")
     trials = []
     for seed in range(first_seed, first_seed + seeds):
         for variant in experiment.variants:
@@ -214,7 +209,7 @@ class SearchSpace:
 
 def _number(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        raise ConfigError(f"{where}: expected a finite number, got {short_repr(value)}")
     return float(value)
 
 
@@ -224,18 +219,18 @@ def parse_param(key: str, spec: object, where: str) -> Param:
         raise ConfigError(f"{where}: expected a mapping with 'distribution'")
     dist = spec.get("distribution")
     if dist not in _DISTRIBUTIONS:
-        raise ConfigError(f"{where}: bad distribution {dist!r}; expected one of {sorted(_DISTRIBUTIONS)}")
+        raise ConfigError(f"{where}: bad distribution {short_repr(dist)}; expected one of {sorted(_DISTRIBUTIONS)}")
     required, optional = _DISTRIBUTIONS[dist]
     _reject_unknown(spec, required | optional | {"distribution"}, where)
     missing = sorted(required - set(spec))
     if missing:
-        raise ConfigError(f"{where}: distribution {dist!r} needs {missing}")
+        raise ConfigError(f"{where}: distribution {short_repr(dist)} needs {missing}")
     if dist == "categorical":
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: 'choices' must be a non-empty list (empty range)")
         if len(set(map(repr, choices))) != len(choices):
-            raise ConfigError(f"{where}: 'choices' has duplicates: {choices}")
+            raise ConfigError(f"{where}: 'choices' has duplicates: {short_repr(choices)}")
         return Param(key, dist, choices=tuple(choices))
     low, high = _number(spec["low"], f"{where}.low"), _number(spec["high"], f"{where}.high")
     if not low < high:
@@ -247,7 +242,7 @@ def parse_param(key: str, spec: object, where: str) -> Param:
             raise ConfigError(f"{where}: int distribution needs integer bounds, got {low:g}..{high:g}")
         step = spec.get("step", 1)
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise ConfigError(f"{where}: 'step' must be a positive integer, got {step!r}")
+            raise ConfigError(f"{where}: 'step' must be a positive integer, got {short_repr(step)}")
         return Param(key, dist, int(low), int(high), step=step)
     return Param(key, dist, low, high)
 
@@ -335,7 +330,7 @@ def inside(base: Path, name: str) -> Path:
     """base/name, refusing anything that would resolve outside `base` (names from YAML files)."""
     target = (base / name).resolve()
     if target == base.resolve() or base.resolve() not in target.parents:
-        raise ConfigError(f"run name {name!r} would escape the results directory {base}")
+        raise ConfigError(f"run name {short_repr(name)} would escape the results directory {base}")
     return target
 
 

@@ -184,6 +184,22 @@ def _file_in_the_way(tmp: Path, synth: Path) -> list[str]:
     return ablate(results=str(tmp / "afile" / "results"))(tmp, synth)
 
 
+
+# issue 15 (items 3, 6, 8): memory bombs, non-finite values, huge seeds, tracebacks
+ALIAS_BOMB = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["x"] * 9) + "]\n" for i in range(9))
+ALIAS_BOMB += "train:\n  gamma: *l8\n"  # 9**9 = 387M leaves if expanded (or repr'd in the message)
+
+
+def _eval_json_into_dir(tmp: Path, synth: Path) -> list[str]:
+    (tmp / "outdir").mkdir()
+    return evaluate({"results": {}}, extra=["--json", str(tmp / "outdir")])(tmp, synth)
+
+
+def _config_not_utf8(tmp: Path, synth: Path) -> list[str]:
+    (tmp / "latin1.yaml").write_bytes(b"train:\n  gamma: 0.1 # caf\xe9\n")
+    return train()(tmp, synth) + ["--config", str(tmp / "latin1.yaml")]
+
+
 # ------------------------------------------------------------------------------------------------
 # The table: id -> (builder, expected exit code, fragments of the message (regex))
 
@@ -290,6 +306,27 @@ CASES: dict[str, tuple[Callable, int, list[str]]] = {
     "results-dir-under-a-file": (_file_in_the_way, 2, [r"--results .*afile/results: cannot create the results directory"]),
     "results-dir-unwritable": (ablate(results="/proc/emmil-results"), 2, [r"--results /proc/emmil-results: cannot create"]),
     "missing-data-dir": (lambda t, s: ablate()(t, t / "no-such-data"), 2, [r"no-such-data: data directory not found"]),
+    # --- issue 15: memory bombs, non-finite values, huge seeds, tracebacks that reached the user ---
+    "tiou-grid-too-many-thresholds": (evaluate({"results": {}}, extra=["--tiou", "0:1:1e-7"]), 2,
+                                      [r"--tiou 0:1:1e-7: 10000001 thresholds, at most 100 are allowed"]),
+    "json-nested-100k-deep": (evaluate({"results": {}}, gt="[" * 100000 + "]" * 100000), 2,
+                              [r"gt\.json: JSON nested more than 32 levels deep"]),
+    "json-duplicate-key": (evaluate('{"results": {"v1": [], "v1": []}}'), 2,
+                           [r"pred\.json: duplicate key 'v1' in one JSON object"]),
+    "eval-json-out-is-a-directory": (_eval_json_into_dir, 2, [r"--json .*outdir: is a directory, expected a file path"]),
+    "config-yaml-alias-bomb": (train(config=ALIAS_BOMB), 2, [r"cfg\.yaml: not valid YAML \(alias \*l0 refused"]),
+    "config-yaml-not-utf8": (_config_not_utf8, 2, [r"latin1\.yaml: config file is not UTF-8 text \(invalid byte 0xe9"]),
+    "set-lr-inf": (train("--set", "train.lr=inf"), 2, [r"config key 'train\.lr': 'inf' is not a finite number"]),
+    "set-lr-overflows-to-inf": (train("--set", "train.lr=1e309"), 2,
+                                [r"config key 'train\.lr': '1e309' is not a finite number"]),
+    "set-gamma-nan": (train("--set", "train.gamma=nan"), 2, [r"config key 'train\.gamma': 'nan' is not a finite number"]),
+    "config-file-gamma-inf": (train(config="train:\n  gamma: .inf\n"), 2,
+                              [r"config key 'train\.gamma': inf is not a finite number"]),
+    "seed-23-digits": (train("--seed", "12345678901234567890123"), 2,
+                       [r"config key 'seed': 12345678901234567890123 is too large"]),
+    "seed-above-numpy-range": (train("--seed", str(2**32)), 2,
+                               [r"config key 'seed' = 4294967296: must be in \[0, 4294967295\]"]),
+    "experiment-too-many-seeds": (ablate("--seeds", "10000000000"), 2, [r"--seeds must be in \[1, 1000\], got 10000000000"]),
 }
 
 
@@ -327,8 +364,8 @@ def test_bad_input_exit_code_and_message(case, tmp_path, synth, capsys):
 
 
 def test_corpus_size():
-    # issue 6: at least 25 malformed inputs in total; this table alone holds 51 (+24 in test_data_errors.py)
-    assert len(CASES) >= 25
+    # issue 6: at least 25 malformed inputs in total; this table alone holds 64 (+24 in test_data_errors.py)
+    assert len(CASES) >= 64
 
 
 def test_console_script_exit_code_in_a_subprocess(tmp_path, synth):

@@ -32,28 +32,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_json(path: str, what: str) -> dict:
+    from emmil.data.safe_parse import load_json
+
+    # UTF-8, duplicate keys refused, bounded nesting, NaN/Infinity -> NaN (named by the field checks)
+    return load_json(path, what)
+
+
+def _check_out(path: str) -> Path:
+    """--json OUT must be a file path we can write: refused before the (possibly long) evaluation."""
+    out = Path(path)
+    if out.is_dir():
+        raise DataError(f"--json {out}: is a directory, expected a file path")
+    if out.is_symlink():
+        raise DataError(f"--json {out}: is a symbolic link; refusing to write through it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise DataError(f"--json {out}: {out.parent} is not a directory")
+    return out
+
+
+def _write_out(out: Path, text: str) -> None:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, parse_constant=lambda c: float("nan"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except (UnicodeDecodeError, IsADirectoryError) as exc:
-        raise DataError(f"{path}: cannot read {what}: {exc}") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)  # atomic, and replaces (never follows) a link planted meanwhile
+    except OSError as exc:
+        raise DataError(f"--json {out}: cannot write ({exc.strerror or exc})") from None
 
 
 def run(args: argparse.Namespace) -> int:
     from emmil.evaluate import TIOU, EvaluationWarning, detection_map, parse_tiou, read_ambiguous
 
     thr = parse_tiou(args.tiou) if args.tiou else TIOU[args.dataset or "anet12"]
+    out_path = _check_out(args.json) if args.json else None
     ground_truth = _load_json(args.ground_truth, "ground-truth")
     predictions = _load_json(args.predictions, "predictions")
     ambiguous = None
     if args.ambiguous:
         if not Path(args.ambiguous).is_file():
             raise DataError(f"{args.ambiguous}: Ambiguous file not found")
-        ambiguous = read_ambiguous(args.ambiguous)
+        try:
+            ambiguous = read_ambiguous(args.ambiguous)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{args.ambiguous}: cannot read the Ambiguous file ({exc})") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationWarning)
         result = detection_map(
@@ -76,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "ground_truth": str(args.ground_truth),
             "predictions": str(args.predictions),
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        _write_out(out_path, json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
