@@ -123,11 +123,13 @@ def make_scheduler(kind: str, max_epochs: int):
     if kind not in SCHEDULERS:
         raise ConfigError(f"--scheduler {kind!r}: expected one of {SCHEDULERS}")
     grace = max(1, max_epochs // 4)
+    # time = the trial's own epoch, not Tune's training_iteration: a restored trial continues from its
+    # state file, which can be epochs ahead of the checkpoint Tune counts iterations from
     if kind == "asha":
-        return AsyncHyperBandScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=grace,
+        return AsyncHyperBandScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace,
                                        reduction_factor=2)
     if kind == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace, min_samples_required=3)
+        return MedianStoppingRule(time_attr="epoch", grace_period=grace, min_samples_required=3)
     return None
 
 

@@ -5,9 +5,18 @@ The trial calls the core in three places only (`resolve_config`, `fit`, `evaluat
   - the dataset comes from the object store (`tune.with_parameters`), read zero-copy;
   - resources are declared per trial (`tune.with_resources`: cpu, fractional gpu); the core's device
     choice follows the CUDA_VISIBLE_DEVICES that Ray sets for the trial;
-  - every epoch: metrics buffered to MLflow (harness.tracking.TrialRun), then one `tune.report` with a
-    checkpoint holding `EpochResult.state()` and the MLflow run id, so a retried trial
-    (FailureConfig.max_failures) or a resumed experiment (`Tuner.restore`) continues the same run;
+  - every epoch: metrics buffered to MLflow (harness.tracking.TrialRun), then `EpochResult.state()`,
+    the MLflow run id and the report written atomically to the trial's state file
+    (<results>/<name>/trial-state/<trial>.pt, one per trial, replaced each epoch), then one
+    `tune.report` with a small marker checkpoint. A retried trial (FailureConfig.max_failures) or a
+    resumed experiment (`Tuner.restore`) continues from the state file, in the same MLflow run.
+    Why not the state inside Tune's checkpoints: Tune prunes a trial's old checkpoints
+    (CheckpointConfig.num_to_keep) as soon as a newer one is registered, but saves its experiment
+    snapshot, which names the checkpoint to restore, only afterwards; a driver killed in between left a
+    snapshot naming a deleted checkpoint, and the resumed trial failed every retry ("Could not recover
+    from checkpoint as it does not exist on storage anymore"; found by tests/faults/test_driver_kill.py
+    on CI). Marker checkpoints are a few bytes and never pruned, so the one any snapshot names exists;
+    the state file is the only large file per trial, as one kept checkpoint was before;
   - the last epoch also evaluates the test split when the stage allows it (never in a search).
 """
 
@@ -35,7 +44,7 @@ RAY_ENV_DEFAULTS = {
 # A trial must not hang minutes on a dead tracking server (MLflow's default is 7 retries, 120 s).
 TRIAL_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-CHECKPOINT_FILE = "trial_state.pt"
+MARKER_FILE = "epoch.json"  # in each Tune checkpoint: {"epoch": k}; the state is in the state file
 # Per-epoch metrics go to the trial's JSONL buffer at once (durable) and to MLflow at most this often,
 # and always at the end: one SQLite/HTTP round trip per few seconds instead of per epoch.
 FLUSH_EVERY_S = 5.0
@@ -49,6 +58,8 @@ def set_ray_env() -> None:
 set_ray_env()  # before the first `import ray` of this process
 
 from ray import tune  # noqa: E402
+
+from emmil.errors import ConfigError  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -83,6 +94,57 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
 
 def _safe_file_name(trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id)
+
+
+def marker_epoch(checkpoint) -> int:
+    """The epoch a Tune marker checkpoint records; 0 without one (a trial Tune starts afresh)."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        path = Path(d) / MARKER_FILE
+        if not path.is_file():  # a checkpoint of an experiment started before state files existed
+            raise ConfigError(f"{d}: a Tune checkpoint without {MARKER_FILE}: this experiment was started by an "
+                              "older emmil-bench whose checkpoints cannot be resumed; start it again in a new "
+                              "--results directory")
+        return int(json.loads(path.read_text())["epoch"])
+
+
+def read_trial_state(path: Path, at_least_epoch: int) -> dict:
+    """The trial's last saved {"state", "run_id", "report"}; {} when it has none yet.
+
+    The state file is written before each epoch's report, so it is never older than the epoch Tune
+    restores (`at_least_epoch`), and may be one or more epochs newer (a worker or driver killed after
+    the write): training then continues from the newer one, with identical results. Older or missing
+    when Tune knows a later epoch means the file was lost: a clear error, not a silent restart.
+    """
+    import torch
+
+    if not path.is_file():
+        if at_least_epoch:
+            raise ConfigError(f"{path}: missing, but Tune restored this trial at epoch {at_least_epoch}; "
+                              "the trial-state folder was removed while the run was unfinished")
+        return {}
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+        epoch = int(blob["state"]["epoch"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ConfigError(f"{path}: unreadable trial state ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if epoch < at_least_epoch:
+        raise ConfigError(f"{path}: holds epoch {epoch}, older than the epoch {at_least_epoch} Tune restored")
+    return blob
+
+
+def write_trial_state(path: Path, blob: Mapping[str, Any]) -> None:
+    """Replace the trial's state file atomically: a kill mid-write leaves the previous epoch's intact."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(dict(blob), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def eval_protocol(exclude_ambiguous: bool) -> str:
@@ -158,12 +220,9 @@ def emmil_trial(config: dict, data=None) -> None:
                          overrides={**spec["overrides"], **search})
     device = core.choose_device(cfg.device)
 
-    state, run_id, last_report = None, None, None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            blob = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)  # no code in a checkpoint
-        state, run_id, last_report = blob["state"], blob.get("run_id"), blob.get("report")
+    state_file = Path(run["state_dir"]) / f"{_safe_file_name(trial_id)}.pt"
+    blob = read_trial_state(state_file, marker_epoch(tune.get_checkpoint()))
+    state, run_id, last_report = blob.get("state"), blob.get("run_id"), blob.get("report")
 
     import ray
 
@@ -220,9 +279,9 @@ def emmil_trial(config: dict, data=None) -> None:
                        "variant": tags["emmil.variant"], "seed": cfg.seed,
                        "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device),
                        "features_zero_copy": zero_copy})
+        write_trial_state(state_file, {"state": result.state(), "run_id": tracker.run_id, "report": report})
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"state": result.state(), "run_id": tracker.run_id, "report": report},
-                       Path(tmp) / CHECKPOINT_FILE)
+            (Path(tmp) / MARKER_FILE).write_text(json.dumps({"epoch": result.epoch}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
     if not yielded and last_report is not None:
         # Restored from the checkpoint of its LAST epoch (the driver died before recording the trial as
@@ -337,7 +396,7 @@ def tune_trials(
         storage_path=str(storage),
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # never pruned: see the module doc
         callbacks=[TrialProgress(progress_total, progress_label)],
         log_to_file=True,
     )

@@ -7,7 +7,8 @@ Layout of one ablation/sweep under the results dir:
     <results>/optuna.db                 default Optuna storage (sweeps)
     <results>/<name>/harness.json       parent run id, MLflow experiment, stage: what --resume needs
     <results>/<name>/tracking-buffer/   per-trial JSONL buffers of not-yet-delivered tracking calls
-    <results>/<name>/<tune experiment>/ Ray Tune experiment dirs (trials, checkpoints, state)
+    <results>/<name>/trial-state/       per-trial training state, replaced each epoch (what a retry resumes)
+    <results>/<name>/<tune experiment>/ Ray Tune experiment dirs (trials, epoch-marker checkpoints, state)
     <results>/<name>/report/            the report (when the reports package is present)
 """
 
@@ -43,6 +44,11 @@ class RunPlace:
     @property
     def buffer_dir(self) -> Path:
         return self.root / "tracking-buffer"
+
+    @property
+    def state_dir(self) -> Path:
+        """One training-state file per trial (harness.ray_tune.write_trial_state): what a retry resumes."""
+        return self.root / "trial-state"
 
 
 def read_state(place: RunPlace) -> dict | None:

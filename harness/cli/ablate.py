@@ -140,7 +140,8 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
         f"on {dataset} ({meta['source']}), preset {preset}")
     run_common = {
         "dataset": dataset, "preset": preset, "stage": "ablation", "eval_test": True,
-        "tracking": None, "buffer_dir": str(place.buffer_dir), "fail_once": launch.fail_once,
+        "tracking": None, "buffer_dir": str(place.buffer_dir), "state_dir": str(place.state_dir),
+        "fail_once": launch.fail_once,
         "tags": {**common_tags, "emmil.stage": "ablation"},
     }
     trial_space = [

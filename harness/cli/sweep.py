@@ -80,7 +80,8 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                    "emmil.command": command, "emmil.git_commit": tracking.git_commit()}
     resources = Resources(launch.cpus_per_trial, launch.gpus_per_trial, launch.max_concurrent)
     run_common = {"dataset": dataset, "preset": preset, "tracking": None,
-                  "buffer_dir": str(place.buffer_dir), "fail_once": launch.fail_once}
+                  "buffer_dir": str(place.buffer_dir), "state_dir": str(place.state_dir),
+                  "fail_once": launch.fail_once}
     t0 = time.time()
     from ray import tune
 
