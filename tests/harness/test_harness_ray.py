@@ -96,6 +96,24 @@ def test_crashed_trial_resumes_from_its_checkpoint_in_the_same_run(ablation):
     assert "iterations_since_restore" in row and row["iterations_since_restore"] < 3  # restored, not rerun
 
 
+def test_tune_keeps_every_epoch_marker_and_the_state_lives_in_one_file_per_trial(ablation):
+    # Tune may restore any checkpoint its last snapshot names; none may be pruned (the driver-kill race
+    # of harness/ray_tune.py's module doc). The training state itself is one file per trial.
+    import json
+
+    import torch
+
+    for trial in ("mini/full-s0", "mini/full-s1", "mini/joint-s0", "mini/joint-s1"):
+        safe = trial.replace("/", "_")
+        dirs = list((ablation.root / "ablation").glob(f"*trial_id_{safe}*/checkpoint_*"))
+        epochs = sorted(json.loads((d / "epoch.json").read_text())["epoch"] for d in dirs)
+        assert epochs == [1, 2, 3], (trial, dirs)  # joint-s1 too: its retry added epochs 2 and 3
+        blob = torch.load(ablation.root / "trial-state" / f"{safe}.pt", weights_only=True)
+        assert blob["state"]["epoch"] == 3 and blob["run_id"] and blob["report"]["epoch"] == 3
+    assert sorted(p.name for p in (ablation.root / "trial-state").iterdir()) == [
+        "mini_full-s0.pt", "mini_full-s1.pt", "mini_joint-s0.pt", "mini_joint-s1.pt"]
+
+
 def test_each_trial_runs_on_the_gpu_ray_assigned(ablation):
     # 0.5 logical GPU per trial: Ray sets CUDA_VISIBLE_DEVICES to one id and the core's device choice
     # follows it (no CUDA in this CPU build: "cpu"; on a GPU machine: cuda:0 = the assigned GPU).
