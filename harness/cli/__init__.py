@@ -26,8 +26,23 @@ COMMANDS = [
 ]
 
 
+def _version_line() -> str:
+    """`emmil-bench 0.1.0 (git <sha>)`: what a bug report or a results folder should name."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from harness.tracking import git_commit  # stdlib-only at import (MLflow is imported lazily there)
+
+    try:
+        number = version("emmil-bench")
+    except PackageNotFoundError:  # run from a checkout that was never pip-installed
+        number = "unknown"
+    return f"emmil-bench {number} (git {git_commit()[:12]})"
+
+
 def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emmil", description="EM-MIL bench: train, sweep, evaluate, report.")
+    parser.add_argument("--version", action="version", version=_version_line(),
+                        help="print the package version and the git commit of this checkout, then exit")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module, help_text in COMMANDS:

@@ -55,3 +55,12 @@ def test_a_run_folder_is_never_overwritten_and_resume_needs_one(results_dir):
     other = runner.RunPlace(results_dir, "mini", "sqlite:////elsewhere/mlflow.db", "emmil-mini")
     with pytest.raises(ConfigError, match="pass the same --tracking-uri"):
         runner.open_parent(other, resume=True, kind="ablation", tags={})
+
+
+def test_version_names_the_package_and_the_commit(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    line = capsys.readouterr().out.strip()
+    # "emmil-bench 0.1.0 (git 6c1ab541ace7)": the installed version, then this checkout's HEAD
+    assert line.startswith("emmil-bench ") and f"(git {tracking.git_commit()[:12]})" in line, line
