@@ -206,8 +206,6 @@ def emmil_trial(config: dict, data=None) -> None:
     """
     for key, value in TRIAL_MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
-    import torch
-
     from emmil import train as core
     from emmil.config import config_hash, resolve_config
     from harness.tracking import TrackingTarget, TrialRun
