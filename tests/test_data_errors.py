@@ -66,6 +66,76 @@ def _json_missing_field(tmp):
     return d, j
 
 
+def _json_edit(edit):
+    """Per-video folder under <tmp>/data whose JSON database goes through `edit(db)` first."""
+
+    def build(tmp):
+        d, j = write_per_video(tmp / "data")
+        db = json.loads(j.read_text())["database"]
+        edit(db)
+        j.write_text(json.dumps({"database": db}))
+        return d, j
+
+    return build
+
+
+def _json_text(edit):
+    """Per-video folder whose JSON text goes through `edit(text)` (for what json.dumps cannot write)."""
+
+    def build(tmp):
+        d, j = write_per_video(tmp / "data")
+        j.write_text(edit(j.read_text()))
+        return d, j
+
+    return build
+
+
+def _ann(video: int, field: str, value):
+    """Edit: annotation 0 of video NAMES[video] gets field = value."""
+    return lambda db: db[NAMES[video]]["annotations"][0].__setitem__(field, value)
+
+
+def _rename(new_name: str):
+    """Edit: video NAMES[0] renamed to new_name (its annotations kept)."""
+
+    def edit(db):
+        db[new_name] = db.pop(NAMES[0])
+
+    return edit
+
+
+def _escaping(name_of):
+    """A video whose name points outside <tmp>/data, with a readable .npy there (it must stay unread)."""
+
+    def build(tmp):
+        outside = tmp / "outside"
+        outside.mkdir()
+        np.save(outside / "x.npy", default_features()[0])
+        return _json_edit(_rename(name_of(tmp)))(tmp)
+
+    return build
+
+
+def _duplicate_video(text: str) -> str:
+    # the first video listed twice: json's default would keep only the second one's annotations
+    first = text.index(f'"{NAMES[0]}"')
+    entry_end = text.index(f'"{NAMES[1]}"')
+    return text[:entry_end] + text[first:entry_end] + text[entry_end:]
+
+
+def _duplicate_field(text: str) -> str:
+    i = text.index(f'"{NAMES[3]}": {{') + len(f'"{NAMES[3]}": {{')
+    return text[:i] + '"annotations": [], ' + text[i:]
+
+
+def _huge_header(tmp):
+    d, j = write_per_video(tmp)
+    with open(d / f"{NAMES[1]}.npy", "wb") as fh:  # claims 10**12 x 8 float32 = 32 TB, holds 40 bytes
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 8)})
+        fh.write(np.zeros(10, np.float32).tobytes())
+    return d, j
+
+
 def _wtalc(**kw):
     post = kw.pop("post", None)
 
@@ -129,6 +199,40 @@ CASES = {
                        r"annotations\.json: malformed JSON"),
     "json-missing-field": (_json_missing_field, [], DataError,
                            r"annotations\.json: video 'video_validation_0000002': field 'duration' is missing"),
+    # issue 15.5: what json + float()/str() used to misread silently, one case each
+    "json-segment-string": (_json_edit(_ann(0, "segment", "37")), [], DataError,  # was [3.0, 7.0]
+                            r"annotations\.json: video 'video_validation_0000001': annotation 0 field 'segment' is "
+                            r"'37', expected \[start, end\]"),
+    "json-segment-booleans": (_json_edit(_ann(0, "segment", [True, True])), [], DataError,  # was [1.0, 1.0]
+                              r"annotations\.json: video 'video_validation_0000001': annotation 0 field 'segment': "
+                              r"expected a number, got True"),
+    "json-segment-nan": (_json_edit(_ann(2, "segment", [float("nan"), 2.0])), [], DataError,
+                         r"annotations\.json: video 'video_test_0000001': annotation 0 field 'segment': expected a "
+                         r"finite number, got nan"),
+    "json-label-number": (_json_edit(_ann(1, "label", 7)), [], DataError,  # was the class "7"
+                          r"annotations\.json: video 'video_validation_0000002': annotation 0 field 'label' is 7, "
+                          r"expected a class name \(a string\)"),
+    "json-duration-string": (_json_edit(lambda db: db[NAMES[2]].__setitem__("duration", "1e3")), [], DataError,
+                             r"annotations\.json: video 'video_test_0000001' field 'duration': expected a number, "
+                             r"got '1e3'"),
+    "json-subset-number": (_json_edit(lambda db: db[NAMES[3]].__setitem__("subset", 1)), [], DataError,
+                           r"annotations\.json: video 'video_test_0000002': field 'subset' is 1, expected a subset"),
+    "json-duplicate-video": (_json_text(_duplicate_video), [], DataError,  # the first entry used to vanish
+                             r"annotations\.json: duplicate key 'video_validation_0000001' in one JSON object "
+                             r"\(at \['database'\]"),
+    "json-duplicate-field": (_json_text(_duplicate_field), [], DataError,
+                             r"annotations\.json: duplicate key 'annotations' in one JSON object "
+                             r"\(at \['database'\]\['video_test_0000002'\]"),
+    "json-video-name-parent": (_escaping(lambda tmp: "../outside/x"), [], DataError,  # read <tmp>/outside/x.npy
+                               r"annotations\.json: video '\.\./outside/x': the video name must be a plain file "
+                               r"name .* leaves --data-dir"),
+    "json-video-name-absolute": (_escaping(lambda tmp: str(tmp / "outside" / "x")), [], DataError,
+                                 r"annotations\.json: video '/.*/outside/x': the video name must be a plain file name"),
+    # issue 15.3: a header claiming more than the file holds is refused before any allocation
+    "npy-header-larger-than-file": (_huge_header, [], DataError,
+                                    r"video_validation_0000002\.npy: features of video 'video_validation_0000002' file "
+                                    r"is truncated or corrupt: its header says shape \(1000000000000, 8\) of float32 "
+                                    r"\(32000000000000 bytes\) but only 40 bytes follow the header"),
 }
 
 
@@ -164,7 +268,7 @@ def test_data_info_prints_summary_and_problems(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "videos       3   clips 37   classes 3" in out  # 15 + 12 + 10 (the 7-clip video dropped)
     assert "RGB width 4, flow width 4" in out and "0.6400 s per clip" in out
-    assert "source       real I3D features (W-TALC release)" in out
+    assert "source       user-provided features (unverified)" in out  # not declared real (issue 14.4)
     assert "      1  videos_dropped_min_clips" in out and "      1  segments_clipped_to_duration" in out
     assert "ambiguous    1 segments in 1 videos" in out
 

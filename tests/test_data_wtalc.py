@@ -18,7 +18,7 @@ def test_small_folder_loads_into_one_array(tmp_path):
     assert [(v.start, v.num_clips) for v in ds.videos] == [(0, 15), (15, 12), (27, 10), (37, 7)]
     # video 2 (video_test_0000001), clip 3 -> 2 + 3/100
     assert ds.features_of(ds.videos[2])[3, 0] == pytest.approx(2.03)
-    assert ds.classes == ("A", "B", "C") and ds.source == "real I3D features (W-TALC release)"
+    assert ds.classes == ("A", "B", "C") and ds.source == "user-provided features (unverified)"
     # (N, 1) durations flattened; [4, 7.5] past 6.4 clipped to [4, 6.4]
     assert ds.videos[2].duration == 6.4 and ds.videos[2].segments == ((0.0, 2.0), (4.0, 6.4))
     # empty labels_all -> segment labels (B), counted

@@ -113,3 +113,55 @@ def test_missing_and_not_npy(tmp_path):
     (tmp_path / "text.npy").write_text("hello")
     with pytest.raises(DataError, match=r"text\.npy: not a valid \.npy file \(features\)"):
         load_npy(tmp_path / "text.npy", kind="features")
+
+
+def _header_only(path: Path, descr: str, shape: tuple, body: bytes) -> Path:
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": descr, "fortran_order": False, "shape": shape})
+        fh.write(body)
+    return path
+
+
+@pytest.mark.parametrize("reader", [load_npy, read_npy_header])
+def test_header_claiming_more_than_the_file_is_refused(tmp_path, reader):
+    # (2**40, 4) float32 = 2**44 bytes claimed, 64 bytes present: refused by both readers (the loaders
+    # preallocate from read_npy_header), and the Python-int product does not wrap like int64 would
+    path = _header_only(tmp_path / "big.npy", "<f4", (2**40, 4), bytes(64))
+    with pytest.raises(DataError, match=r"big\.npy: features file is truncated or corrupt: its header says shape "
+                                        r"\(1099511627776, 4\) of float32 \(17592186044416 bytes\) but only 64 "
+                                        r"bytes follow the header"):
+        reader(path, kind="features")
+    # 2**62 * 8 * 8 bytes overflows int64 to 0: must still be refused
+    wrap = _header_only(tmp_path / "wrap.npy", "<f8", (2**62, 8), b"")
+    with pytest.raises(DataError, match=r"wrap\.npy: .* \(295147905179352825856 bytes\) but only 0 bytes"):
+        reader(wrap, kind="features")
+
+
+def test_header_of_exact_size_is_accepted(tmp_path):
+    # limiting case: 3 x 2 float32 = 24 bytes, exactly what follows the header
+    path = _header_only(tmp_path / "ok.npy", "<f4", (3, 2), np.arange(6, dtype=np.float32).tobytes())
+    assert read_npy_header(path, kind="features") == ((3, 2), np.dtype(np.float32))
+    assert load_npy(path, kind="features").sum() == 15.0  # 0 + 1 + ... + 5
+    short = _header_only(tmp_path / "short.npy", "<f4", (3, 2), bytes(23))  # one byte short
+    with pytest.raises(DataError, match=r"short\.npy: .* \(24 bytes\) but only 23 bytes"):
+        read_npy_header(short, kind="features")
+
+
+def test_negative_header_dimension_is_refused(tmp_path):
+    path = _header_only(tmp_path / "neg.npy", "<f4", (-1, 8), bytes(32))
+    with pytest.raises(DataError, match=r"neg\.npy: not a valid \.npy file \(features\): header shape \(-1, 8\) "
+                                        r"has a negative size"):
+        read_npy_header(path, kind="features")
+
+
+def test_object_header_claiming_more_elements_than_bytes_is_refused(tmp_path):
+    # a pickle spends >= 1 byte per element: 10**9 elements cannot fit in the ~60 bytes of this pickle
+    payload = pickle.dumps(np.array([1, 2], dtype=object), protocol=3)
+    path = _header_only(tmp_path / "obj.npy", "|O", (10**9,), payload)
+    with pytest.raises(DataError, match=rf"obj\.npy: segments file is truncated or corrupt: its header says shape "
+                                        rf"\(1000000000,\) of object \(1000000000 pickled elements \(>= 1000000000 "
+                                        rf"bytes\)\) but only {len(payload)} bytes"):
+        load_npy(path, kind="segments")
+    # a header telling the truth about the same pickle still loads (2 elements)
+    ok = _header_only(tmp_path / "ok.npy", "|O", (2,), payload)
+    assert load_npy(ok, kind="segments").tolist() == [1, 2]

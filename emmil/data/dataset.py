@@ -57,8 +57,10 @@ class Dataset:
     clip_seconds: float = WTALC_CLIP_SECONDS
     # THUMOS14 Ambiguous segments: video name -> ((start_s, end_s), ...)
     ambiguous: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
-    # What the features are: "real I3D features (...)" or "semi-synthetic (...)". Reports print it.
-    source: str = "real I3D features"
+    # What the features are, by evidence (features.source_of): "real I3D features (..., declared by the
+    # user)", "semi-synthetic (...)" or "user-provided features (unverified)". Reports print it; a
+    # Dataset built without saying claims nothing.
+    source: str = "user-provided features (unverified)"
     path: str = ""  # where it was loaded from, for messages
 
     def __post_init__(self):

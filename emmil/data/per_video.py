@@ -6,11 +6,13 @@ plus an ActivityNet-style JSON: {"database": {video: {"subset", "duration", "ann
 [{"label", "segment": [start_s, end_s]}]}}}. Subset names are matched case-insensitively
 ("Validation"/"Test" in the ActionFormer THUMOS14 file -> "validation"/"test"). Classes are the
 sorted JSON labels unless a class list is given. Feature files are numeric .npy (allow_pickle=False).
+The JSON gets the evaluator's type checks (numbers are JSON numbers, not strings or booleans; labels
+and subsets are strings), duplicate keys are refused, and a video name must be a plain file name.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,42 +21,66 @@ import numpy as np
 from emmil.data import features as F
 from emmil.data.dataset import TRAIN_TEST_SUBSETS, WTALC_CLIP_SECONDS, Dataset, Video
 from emmil.data.problems import LoadReport, ProblemLog
+from emmil.data.safe_parse import load_json, short_repr
 from emmil.data.safe_pickle import load_npy, read_npy_header
 from emmil.data.wtalc import build_video, check_load_args, check_unique, read_ambiguous
 from emmil.errors import DataError
+from emmil.evaluate import _number  # the evaluator's number rule: int/float, not bool, finite
 
-PER_VIDEO_SOURCE = "real I3D features (per-video release)"
+# Dataset.source when the user declares the features real (real_features=True); else
+# "user-provided features (unverified)" or "semi-synthetic (...)": see features.source_of.
+PER_VIDEO_SOURCE = F.real_source("per-video release")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One JSON video entry after the type checks (nothing converted by guessing)."""
+
+    subset: str  # as written ("Validation"); matched lower-cased
+    duration: float  # seconds
+    segments: tuple[tuple[float, float], ...]  # (start_s, end_s) as written (checked in build_video)
+    labels: tuple[str, ...]  # one class name per segment
 
 
 def read_json_database(path) -> dict:
-    """The `database` mapping of an ActivityNet-style JSON file."""
+    """The `database` mapping of an ActivityNet-style JSON file (UTF-8, duplicate keys refused:
+    json's default keeps the last of two same-named videos and drops the first one's annotations)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: annotation JSON file not found")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed JSON: {exc}") from None
+    doc = load_json(path, "annotation JSON")
     if not isinstance(doc, dict) or not isinstance(doc.get("database"), dict):
         raise DataError(f"{path}: field 'database' (an object: video -> annotation) is missing")
     return doc["database"]
 
 
-def _video_from_json(vname: str, entry, name: str, path: Path, class_set, log: ProblemLog) -> Video | None:
+def check_video_name(vname: str, path: Path) -> str:
+    """A video name is a file name under --data-dir (<data_dir>/<video>.npy): refuse one that is not a
+    single plain path component ('../x', '/abs', 'a/b', '.', '') and would read outside data_dir."""
+    if vname in ("", ".", "..") or any(c in vname for c in "/\\\x00"):
+        raise DataError(f"{path}: video {short_repr(vname)}: the video name must be a plain file name (no '/', "
+                        "'\\', '..'): features are read from <data-dir>/<video>.npy and this name leaves --data-dir")
+    return vname
+
+
+def _segment(seg, where: str) -> tuple[float, float]:
+    """[start, end] of two JSON numbers; "37" (a string of 2 characters) and [true, true] refused."""
+    if not isinstance(seg, list) or len(seg) != 2:
+        raise DataError(f"{where} field 'segment' is {short_repr(seg)}, expected [start, end] in seconds")
+    start, end = (_number(x, f"{where} field 'segment'") for x in seg)
+    return start, end
+
+
+def _entry(vname: str, entry, path: Path) -> _Entry:
+    """The type checks of one video entry; every error names the file, the video and the field."""
     where = f"{path}: video {vname!r}"
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected an object with subset/duration/annotations")
     for key in ("subset", "duration", "annotations"):
         if key not in entry:
             raise DataError(f"{where}: field {key!r} is missing")
-    subset = str(entry["subset"]).lower()
-    if subset not in TRAIN_TEST_SUBSETS[name]:
-        log.add("videos_other_subset", f"{vname} ({entry['subset']})")
-        return None
-    try:
-        duration = float(entry["duration"])
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: field 'duration' is {entry['duration']!r}, not a number") from None
+    if not isinstance(entry["subset"], str):
+        raise DataError(f"{where}: field 'subset' is {short_repr(entry['subset'])}, expected a subset name (a string)")
+    # a number, not "1e3" or true; positive and finite is checked in build_video
+    duration = _number(entry["duration"], f"{where} field 'duration'")
     anns = entry["annotations"]
     if not isinstance(anns, list):
         raise DataError(f"{where}: field 'annotations' must be a list")
@@ -62,14 +88,26 @@ def _video_from_json(vname: str, entry, name: str, path: Path, class_set, log: P
     for k, a in enumerate(anns):
         if not isinstance(a, dict) or "label" not in a or "segment" not in a:
             raise DataError(f"{where}: annotation {k} needs fields 'label' and 'segment'")
-        seg = a["segment"]
-        try:
-            s, e = (float(x) for x in seg)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: annotation {k} field 'segment' is {seg!r}, expected [start, end]") from None
-        segments.append((s, e))
-        labels.append(str(a["label"]))
-    return build_video(vname, subset, duration, segments, labels, None, class_set, where, log)
+        if not isinstance(a["label"], str):  # 7 is not the class "7"
+            raise DataError(f"{where}: annotation {k} field 'label' is {short_repr(a['label'])}, expected a "
+                            "class name (a string)")
+        segments.append(_segment(a["segment"], f"{where}: annotation {k}"))
+        labels.append(a["label"])
+    return _Entry(entry["subset"], duration, tuple(segments), tuple(labels))
+
+
+def _read_entries(path: Path) -> dict[str, _Entry]:
+    """Every video of the JSON, type-checked, in file order (other subsets included: they name classes)."""
+    return {check_video_name(v, path): _entry(v, e, path) for v, e in read_json_database(path).items()}
+
+
+def _video(vname: str, e: _Entry, name: str, path: Path, class_set, log: ProblemLog) -> Video | None:
+    subset = e.subset.lower()
+    if subset not in TRAIN_TEST_SUBSETS[name]:
+        log.add("videos_other_subset", f"{vname} ({e.subset})")
+        return None
+    return build_video(vname, subset, e.duration, e.segments, e.labels, None, class_set,
+                       f"{path}: video {vname!r}", log)
 
 
 def _stream_paths(data_dir: Path, vname: str, split: bool) -> tuple[Path, ...]:
@@ -92,20 +130,21 @@ def _shape(path: Path, vname: str, width: int | None) -> tuple[int, int]:
 
 
 def read_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[str] | None = None,
-                   min_clips: int = 1, clip_seconds: float = WTALC_CLIP_SECONDS) -> LoadReport:
+                   min_clips: int = 1, clip_seconds: float | None = None,
+                   real_features: bool = False) -> LoadReport:
     """Load a per-video feature folder + ActivityNet JSON into one Dataset plus the problem log.
     Two passes: headers first (lengths, widths), then each file copied into one preallocated
-    (sum_i T_i, D_rgb + D_flow) float32 array."""
+    (sum_i T_i, D_rgb + D_flow) float32 array.
+    clip_seconds: seconds per feature clip (None: 16/25), checked against the JSON durations before any
+    feature is read (features.check_time_base). real_features: the user declares the features real;
+    Dataset.source says so (else "user-provided features (unverified)", or "semi-synthetic (...)")."""
     data_dir = check_load_args(name, data_dir, min_clips)
+    clip_seconds = F.check_clip_seconds(WTALC_CLIP_SECONDS if clip_seconds is None else clip_seconds)
     json_path = Path(annotation_json)
-    database = read_json_database(json_path)
+    entries = _read_entries(json_path)
     log = ProblemLog()
     if classes is None:
-        labels = set()
-        for vname, entry in database.items():
-            if isinstance(entry, dict) and isinstance(entry.get("annotations"), list):
-                labels.update(str(a.get("label")) for a in entry["annotations"] if isinstance(a, dict))
-        classes = tuple(sorted(labels))
+        classes = tuple(sorted({lab for e in entries.values() for lab in e.labels}))
     else:
         classes = tuple(classes)
         check_unique(classes, "class list", "class")
@@ -113,10 +152,11 @@ def read_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[st
         raise DataError(f"{json_path}: no class label found in any annotation")
     class_set = frozenset(classes)
     videos = []
-    for vname, entry in database.items():
-        v = _video_from_json(str(vname), entry, name, json_path, class_set, log)
+    for vname, entry in entries.items():
+        v = _video(vname, entry, name, json_path, class_set, log)
         if v is not None:
             videos.append(v)
+    source = F.source_of(data_dir, PER_VIDEO_SOURCE if real_features else None)
     split = (data_dir / "rgb").is_dir() and (data_dir / "flow").is_dir()
     # pass 1: headers -> lengths and widths
     widths: list[int | None] = [None, None] if split else [None]
@@ -143,6 +183,7 @@ def read_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[st
         raise DataError(f"{data_dir}: no video left after filtering (min_clips={min_clips}, "
                         f"{len(videos)} annotated videos in {json_path})")
     placed, total = F.place([videos[i] for i in keep], [lengths[i] for i in keep])
+    time_note = F.check_time_base(placed, clip_seconds, f"{json_path} (features in {data_dir})")
     features = np.empty((total, rgb_dim + flow_dim), dtype=np.float32)  # (sum_i T_i, D)
     # pass 2: copy each file into its row range
     for v in placed:
@@ -156,6 +197,8 @@ def read_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[st
             col += arr.shape[1]
         F.check_finite(rows, f"{data_dir}: video {v.name!r}")
     notes = [f"streams: {'rgb/ + flow/ folders' if split else 'one (T, D) file per video'}"]
+    if time_note:
+        notes.append(time_note)
     ambiguous: dict = {}
     if name == "thumos14":
         from emmil.data.loading import shipped_annotation_dir
@@ -170,16 +213,16 @@ def read_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[st
         features=features,
         rgb_dim=rgb_dim,
         flow_dim=flow_dim,
-        clip_seconds=float(clip_seconds),
+        clip_seconds=clip_seconds,
         ambiguous=ambiguous,
-        source=F.source_of(data_dir, PER_VIDEO_SOURCE),
+        source=source,
         path=str(data_dir),
     )
     return LoadReport(dataset=dataset, problems=log.as_dict(), notes=tuple(notes), layout="per-video")
 
 
 def load_per_video(data_dir, name: str, annotation_json, *, classes: Sequence[str] | None = None,
-                   min_clips: int = 1, clip_seconds: float = WTALC_CLIP_SECONDS) -> Dataset:
+                   min_clips: int = 1, clip_seconds: float | None = None, real_features: bool = False) -> Dataset:
     """Per-video features + ActivityNet JSON as one Dataset (see `read_per_video`)."""
     return read_per_video(data_dir, name, annotation_json, classes=classes, min_clips=min_clips,
-                          clip_seconds=clip_seconds).dataset
+                          clip_seconds=clip_seconds, real_features=real_features).dataset

@@ -54,33 +54,53 @@ def read_text(path, what: str, error=DataError) -> str:
                     f"{exc.start})") from None
 
 
-def _depth_ok(value: Any, limit: int) -> bool:
-    """True when containers nest at most `limit` deep (iterative: no recursion on hostile input)."""
-    stack = [(value, 1)]
+class _Repeated(dict):
+    """A parsed JSON object that repeated a key (`key`): held until the walk can say where it is."""
+
+    key: Any = None
+
+
+def _location(chain) -> str:
+    """`['database']['video_1']['annotations'][0]` from a (parent chain, key) link list; "top level" if empty."""
+    keys = []
+    while chain is not None:
+        chain, key = chain
+        keys.append(key)
+    return "".join(f"[{k!r}]" for k in reversed(keys)) or "the top level"
+
+
+def _fault(value: Any, limit: int) -> str | None:
+    """The first fault met walking down from the top: containers nested deeper than `limit`, or an
+    object with a repeated key (and where it is). Iterative: no recursion on hostile input; only
+    containers are pushed (the leaves of a 400k-prediction file are most of its nodes)."""
+    containers = (dict, list, tuple)
+    stack = [(value, 1, None)]  # (container, depth, chain to it: (parent chain, key) or None)
     while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            children = v.values()
-        elif isinstance(v, (list, tuple)):
-            children = v
-        else:
+        v, d, chain = stack.pop()
+        if not isinstance(v, containers):
             continue
         if d > limit:
-            return False
-        stack.extend((c, d + 1) for c in children)
-    return True
+            return f"JSON nested more than {limit} levels deep"
+        if isinstance(v, _Repeated):
+            return (f"duplicate key {short_repr(v.key)} in one JSON object (at {_location(chain)}; a second "
+                    "entry would silently replace the first)")
+        items = v.items() if isinstance(v, dict) else enumerate(v)
+        stack.extend((c, d + 1, (chain, k)) for k, c in items if isinstance(c, containers))
+    return None
 
 
 def load_json(path, what: str = "JSON", *, error=DataError, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse a JSON file strictly (see the module docstring); every error names `path`."""
+    """Parse a JSON file strictly (see the module docstring); every error names `path`, and a
+    duplicate key also where it is (e.g. `['database']` for a video listed twice)."""
     text = read_text(path, what, error)
 
     def pairs(items: list) -> dict:
         out: dict = {}
         for key, value in items:
             if key in out:
-                raise error(f"{path}: duplicate key {short_repr(key)} in one JSON object (a second entry "
-                            "would silently replace the first)")
+                repeated = _Repeated(out)
+                repeated.key = key
+                return repeated
             out[key] = value
         return out
 
@@ -90,8 +110,9 @@ def load_json(path, what: str = "JSON", *, error=DataError, max_depth: int = MAX
         raise error(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise error(f"{path}: JSON nested more than {max_depth} levels deep") from None
-    if not _depth_ok(doc, max_depth):
-        raise error(f"{path}: JSON nested more than {max_depth} levels deep")
+    fault = _fault(doc, max_depth)
+    if fault is not None:
+        raise error(f"{path}: {fault}")
     return doc
 
 

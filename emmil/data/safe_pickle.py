@@ -12,6 +12,8 @@ Any other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) i
 from __future__ import annotations
 
 import codecs
+import math
+import os
 import pickle
 from pathlib import Path
 
@@ -81,6 +83,30 @@ def _read_header(fh, path: Path, kind: str) -> tuple[tuple[int, ...], bool, np.d
         raise DataError(f"{path}: not a valid .npy file ({kind}): {exc}") from None
 
 
+def check_header_fits(shape: tuple[int, ...], dtype: np.dtype, data_bytes: int, path: Path, kind: str) -> None:
+    """Refuse a header whose shape the file cannot hold (issue 15.3): numpy would first allocate the
+    claimed array (a 100-byte file saying shape (10**12,) asks for 4 TB) and the loaders preallocate
+    from headers. `data_bytes`: the file's size after the header. Numeric dtypes need exactly
+    prod(shape) * itemsize bytes; an object array is a pickle in which every element costs at least
+    one opcode byte, so prod(shape) <= data_bytes bounds it. Python ints: no int64 overflow."""
+    if any(d < 0 for d in shape):
+        raise DataError(f"{path}: not a valid .npy file ({kind}): header shape {shape} has a negative size")
+    count = math.prod(shape)
+    need = count if dtype.hasobject else count * dtype.itemsize
+    if need > data_bytes:
+        what = f"{count} pickled elements (>= {need} bytes)" if dtype.hasobject else f"{need} bytes"
+        raise DataError(f"{path}: {kind} file is truncated or corrupt: its header says shape {shape} of "
+                        f"{dtype} ({what}) but only {data_bytes} bytes follow the header (refused before "
+                        "allocating anything)")
+
+
+def _read_checked_header(fh, path: Path, kind: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The header of open file `fh`, refused when its shape does not fit in the file."""
+    shape, fortran_order, dtype = _read_header(fh, path, kind)
+    check_header_fits(tuple(shape), dtype, os.fstat(fh.fileno()).st_size - fh.tell(), path, kind)
+    return shape, fortran_order, dtype
+
+
 def load_npy(path, *, kind: str) -> np.ndarray:
     """Load a .npy file safely. `kind` says what the file is (e.g. "features", "annotation
     'segments'") and appears in every error message together with the path.
@@ -92,7 +118,7 @@ def load_npy(path, *, kind: str) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: {kind} file not found")
     with open(path, "rb") as fh:
-        shape, fortran_order, dtype = _read_header(fh, path, kind)
+        shape, fortran_order, dtype = _read_checked_header(fh, path, kind)
         if not dtype.hasobject:
             fh.seek(0)
             try:
@@ -109,7 +135,7 @@ def load_npy(path, *, kind: str) -> np.ndarray:
                             f"{type(exc).__name__}: {exc}") from None
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: {kind} file holds a pickled {type(array).__name__}, not an array")
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)
     if array.size != expected:
         raise DataError(f"{path}: {kind} file holds {array.size} elements, its header says shape {shape}")
     if array.shape != tuple(shape):
@@ -117,12 +143,12 @@ def load_npy(path, *, kind: str) -> np.ndarray:
     return array
 
 
-
 def read_npy_header(path, *, kind: str) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of a .npy file from its header alone (nothing unpickled, data not read)."""
+    """(shape, dtype) of a .npy file from its header alone (nothing unpickled, data not read); a
+    shape larger than the file is refused, so callers may preallocate from it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {kind} file not found")
     with open(path, "rb") as fh:
-        shape, _fortran, dtype = _read_header(fh, path, kind)
+        shape, _fortran, dtype = _read_checked_header(fh, path, kind)
     return tuple(shape), dtype
