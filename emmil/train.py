@@ -629,17 +629,74 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def localized_config(config: RunConfig, metrics: dict) -> RunConfig:
+    """`config` with the localiser values the run used on its test videos: select_localizer's choice,
+    recorded in the test metrics as selected_lam / selected_gate (unchanged when nothing was chosen)."""
+    if "selected_lam" not in metrics:
+        return config
+    loc = dataclasses.replace(config.localize, lam=float(metrics["selected_lam"]),
+                              gate=float(metrics["selected_gate"]))
+    return dataclasses.replace(config, localize=loc)
+
+
+def _save_run_model(out: Path, config: RunConfig, model: EMMIL, dataset: Dataset, metrics: dict) -> None:
+    """RUN/model.pt (emmil.model_file): state dict, resolved config, classes, widths, test localiser."""
+    from emmil.model_file import MODEL_FILE, save_model
+
+    save_model(out / MODEL_FILE, config, model, dataset.classes, clip_seconds=dataset.clip_seconds,
+               localize=localized_config(config, metrics).localize)
+
+
+def prediction_timelines(
+    config: RunConfig, dataset: Dataset, videos: tuple[Video, ...], scores: list[dict], predictions: dict
+) -> dict:
+    """docs/CONTRACTS.md timelines.json layout for every video of `videos` (no ground truth needed):
+    one track per class with a proposal (the top gate-scored class when none), with per-clip Q, P
+    and the Eq. 9 fused L (T floats each) and the Eq. 5-form threshold of `config.localize`."""
+    loc = config.localize
+    cidx = dataset.class_index
+    out: dict[str, Any] = {"clip_seconds": dataset.clip_seconds, "videos": {}}
+    for v, s in zip(videos, scores):
+        props = predictions["results"].get(v.name, [])
+        labels = sorted({p_["label"] for p_ in props}, key=lambda lab: cidx[lab])
+        if not labels:
+            labels = [dataset.classes[int(np.argmax(s["video"]))]]
+        q = loc.rgb_weight * s["q_rgb"] + (1 - loc.rgb_weight) * s["q_flow"]  # (T,)
+        tracks = []
+        for lab in labels:
+            c = cidx[lab]
+            p = loc.rgb_weight * s["p_rgb"][:, c] + (1 - loc.rgb_weight) * s["p_flow"][:, c]  # (T,)
+            fused = loc.lam * q + (1 - loc.lam) * p  # Eq. 9
+            tracks.append({
+                "label": lab, "L": [float(x) for x in fused],
+                "threshold": float(fused.mean() + loc.gamma * (fused.max() - fused.min())),  # Eq. 5 scheme
+                "segments": [[float(p_["segment"][0]), float(p_["segment"][1]), float(p_["score"])]
+                             for p_ in props if p_["label"] == lab],
+                "Q": [float(x) for x in q], "P": [float(x) for x in p],
+            })
+        out["videos"][v.name] = {
+            "duration": v.duration,
+            "ground_truth": [{"label": lab, "segment": [a, b]} for (a, b), lab in zip(v.segments, v.segment_labels)],
+            "tracks": tracks,
+        }
+    return out
+
+
 def train_run(
     config: RunConfig, dataset: Dataset, out_dir: str | Path, *, progress: bool = True,
     device: torch.device | str | None = None, on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> dict:
-    """Fit to the end, evaluate on test, write config.yaml, predictions.json, timelines.json and,
-    LAST and atomically, metrics.json (its presence marks the run finished). Returns the metrics."""
+    """Fit to the end, evaluate on test, write config.yaml, predictions.json, timelines.json, model.pt
+    (emmil.model_file) and, LAST and atomically, metrics.json (its presence marks the run finished).
+    Returns the metrics."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     finished = out / "metrics.json"
     if finished.exists():
         finished.unlink()  # a rerun into the same directory is unfinished until it ends
+    stale_model = out / "model.pt"
+    if stale_model.exists():
+        stale_model.unlink()  # never leave an earlier run's model beside this run's config.yaml
     _write_atomic(out / "config.yaml", config.to_yaml())
     dev = choose_device(config.device) if device is None else torch.device(device)
     t0 = time.perf_counter()
@@ -667,6 +724,7 @@ def train_run(
     outcome = evaluate_test(config, dataset, model, device=dev, features=feats)
     _write_atomic(out / "predictions.json", json.dumps(outcome.predictions))
     _write_atomic(out / "timelines.json", json.dumps(outcome.timelines))
+    _save_run_model(out, config, model, dataset, outcome.metrics)  # before metrics.json marks it finished
     val_last = {k: v for row in history for k, v in row.items() if k.startswith("val_")}
     metrics = {
         **outcome.metrics,

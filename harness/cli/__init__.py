@@ -18,8 +18,10 @@ import sys
 COMMANDS = [
     (("data", "info"), "data_info", "load a dataset and print a summary and any problem found"),
     (("data", "synth"), "data_synth", "write a semi-synthetic dataset in the W-TALC layout"),
+    (("data", "gt"), "data_gt", "write a dataset's ground truth as ActivityNet JSON"),
     (("eval",), "evaluate", "detection mAP of a predictions JSON against a ground-truth JSON"),
     (("train",), "train", "train and evaluate one EM-MIL run"),
+    (("predict",), "predict", "score videos with a trained model.pt, write ActivityNet results JSON"),
     (("ablate",), "ablate", "run an experiment from ablations/ on Ray Tune, tracked in MLflow"),
     (("sweep",), "sweep", "Optuna search through Ray Tune, then retrain the best config on test"),
     (("report",), "report", "build a benchmark report from tracked runs"),
