@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="subset to write, matched case-insensitively (default: the one `emmil train` "
                              "evaluates: thumos14 test, anet12 validation)")
     parser.add_argument("--out", required=True, metavar="GT.json", help="file to write (not a directory)")
-    parser.add_argument("--layout", default="auto", choices=("auto", "wtalc", "per-video"))
-    parser.add_argument("--annotations", default=None, metavar="FILE",
-                        help="ActivityNet-style JSON for the per-video layout (THUMOS14: shipped one by default)")
+    from harness.cli.data_options import add_data_arguments
+
+    add_data_arguments(parser)
 
 
 def pick_subset(present, wanted: str | None, default: str, where: str) -> str:
@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from harness.cli.evaluate import check_out, write_out
 
     out = check_out(args.out, "--out")  # before the (possibly minutes long) feature load
-    kw = {} if args.annotations is None else {"annotations": args.annotations}
-    dataset = load_dataset(args.dataset, args.data_dir, args.layout, **kw)
+    from harness.cli.data_options import data_kwargs
+
+    dataset = load_dataset(args.dataset, args.data_dir, args.layout, **data_kwargs(args))
     subset = pick_subset((v.subset for v in dataset.videos), args.subset, dataset.test_subset,
                          f"{args.dataset} at {args.data_dir}")
     gt = dataset.ground_truth(subset)

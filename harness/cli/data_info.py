@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import argparse
 
+from harness.cli.data_options import add_data_arguments, data_kwargs
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=["thumos14", "anet12"])
     parser.add_argument("--data-dir", required=True, help="W-TALC release folder or per-video feature folder")
-    parser.add_argument("--layout", default="auto", choices=["auto", "wtalc", "per-video"])
-    parser.add_argument("--annotations", default=None,
-                        help="ActivityNet-style JSON for the per-video layout (THUMOS14: shipped one by default)")
     parser.add_argument("--min-clips", type=int, default=1, help="drop (and count) videos with fewer clips")
-    parser.add_argument("--clip-seconds", type=float, default=None,
-                        help="per-video layout: seconds per feature clip (default 16/25 = 0.64)")
+    add_data_arguments(parser)
 
 
 def format_report(report) -> str:
@@ -56,7 +54,7 @@ def format_report(report) -> str:
 def run(args: argparse.Namespace) -> int:
     from emmil.data.loading import load_dataset_report
 
-    report = load_dataset_report(args.dataset, args.data_dir, args.layout, annotations=args.annotations,
-                                 min_clips=args.min_clips, clip_seconds=args.clip_seconds)
+    report = load_dataset_report(args.dataset, args.data_dir, args.layout, min_clips=args.min_clips,
+                                 **data_kwargs(args))
     print(format_report(report))
     return 0

@@ -1,7 +1,7 @@
 """`emmil train`: train and evaluate one EM-MIL run, writing a run directory.
 
 RUN_DIR/config.yaml (resolved config), predictions.json (ActivityNet results format),
-timelines.json, and LAST, atomically, metrics.json (test mAP per tIoU as fractions, average mAP,
+timelines.json, model.pt (what `emmil predict` loads: emmil.model_file), and LAST, atomically, metrics.json (test mAP per tIoU as fractions, average mAP,
 classification mAP, coverage, validation metrics, timing). A run without metrics.json is unfinished.
 """
 
@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="default: auto")
     parser.add_argument("--out", required=True, metavar="RUN_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from harness.cli.data_options import add_data_arguments
+
+    add_data_arguments(parser)
 
 
 def format_table(metrics: dict, dataset: str) -> str:
@@ -47,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     config = resolve_config(args.dataset, preset=args.preset, variant=args.variant, seed=args.seed,
                             config_file=args.config, overrides=overrides)
-    dataset = load_dataset(args.dataset, args.data_dir)
+    from harness.cli.data_options import data_kwargs
+
+    dataset = load_dataset(args.dataset, args.data_dir, args.layout, **data_kwargs(args))
     print(f"data: {dataset.source} ({len(dataset.videos)} videos, {dataset.features.shape[0]} clips)", file=sys.stderr)
     metrics = train_run(config, dataset, args.out, progress=not args.no_progress)
     print(format_table(metrics, args.dataset))
     if dataset.is_synthetic:
         print("note: semi-synthetic features, not a reproduction of the paper's real-I3D numbers")
+    elif not dataset.source.startswith("real"):
+        print(f"note: {dataset.source}: pass --real-features if these are the real I3D features")
     print(f"run written to {args.out}")
     return 0
