@@ -1,5 +1,5 @@
-"""Optuna adapter: a search space file -> Ray Tune domains, the seeded TPE searcher on an RDB study,
-the early-stopping scheduler, and picking the configuration to retrain.
+"""Optuna adapter: a search space file -> Optuna distributions, the seeded TPE searcher on an RDB study,
+the early-stopping scheduler, and picking the configuration to retrain from the study.
 
 The study lives in an RDB (default sqlite:///<results>/optuna.db; any SQLAlchemy URL), so a sweep can
 be resumed and inspected:  optuna-dashboard sqlite:///<results>/optuna.db
@@ -22,28 +22,34 @@ SCHEDULERS = ("asha", "median", "none")
 def default_storage(results) -> str:
     from pathlib import Path
 
-    return f"sqlite:///{Path(results).resolve()}/optuna.db"
+    from harness.tracking import sqlite_uri
+
+    return sqlite_uri(Path(results) / "optuna.db")
 
 
-def tune_domain(p: Param):
-    """One Ray Tune domain per parameter (bounds inclusive for int)."""
-    from ray import tune
+def optuna_distribution(p: Param):
+    """The Optuna distribution of one parameter (int bounds inclusive, as in the space file)."""
+    import optuna
 
-    if p.distribution == "uniform":
-        return tune.uniform(p.low, p.high)
-    if p.distribution == "loguniform":
-        return tune.loguniform(p.low, p.high)
+    if p.distribution in ("uniform", "loguniform"):
+        return optuna.distributions.FloatDistribution(p.low, p.high, log=p.distribution == "loguniform")
     if p.distribution == "int":
-        # tune.qrandint's upper bound is inclusive; randint's is exclusive.
-        return tune.qrandint(int(p.low), int(p.high), p.step or 1) if (p.step or 1) > 1 else tune.randint(int(p.low), int(p.high) + 1)
+        return optuna.distributions.IntDistribution(int(p.low), int(p.high), step=p.step or 1)
     if p.distribution == "categorical":
-        return tune.choice(list(p.choices))
+        return optuna.distributions.CategoricalDistribution(list(p.choices))
     raise ConfigError(f"params.{p.key}: bad distribution {p.distribution!r}")
 
 
-def tune_space(space: SearchSpace) -> dict[str, Any]:
-    """{dotted config key: Tune domain}: goes under config["search"] of the trials."""
-    return {p.key: tune_domain(p) for p in space.params}
+def optuna_space(space: SearchSpace) -> dict[str, Any]:
+    """{dotted config key: Optuna distribution}, given to the searcher itself: the study's parameter
+    names are then the config keys (`study.best_params` works as `--set` values), and Tune places the
+    suggested values at the top level of the trial config under the same dotted keys."""
+    return {p.key: optuna_distribution(p) for p in space.params}
+
+
+def search_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The searched values of a trial config: its top-level dotted keys (see `optuna_space`)."""
+    return {k: v for k, v in config.items() if "." in k}
 
 
 def check_space(space: SearchSpace, dataset: str, preset: str) -> None:
@@ -69,35 +75,54 @@ def check_space(space: SearchSpace, dataset: str, preset: str) -> None:
         )
 
 
-def _resumable_searcher_class():
-    """OptunaSearch that tolerates results for a trial the study already stores as finished.
-
-    Found by tests/faults (driver SIGKILLed mid-sweep, then --resume): Tune's experiment state is
-    saved periodically, so a trial that finished (and was told to Optuna) after the last save is
-    restored as running and replayed from its last known checkpoint; OptunaSearch.on_trial_result
-    then raised UpdateFinishedTrialError and the resumed sweep died. The study keeps the value it
-    stored; the replayed results are ignored (the MLflow run dedupes replayed epochs itself).
+def _searcher_class():
+    """OptunaSearch that records in the study what Tune knows about each trial when it ends:
+    - a trial stopped early by the scheduler is PRUNED, not COMPLETE (Ray's OptunaSearch reports its
+      last value as final, so early values fed TPE and the importances as if a trial had run every epoch);
+    - the trial's MLflow run id and harness trial id as user attributes (`mlflow_run_id`, `trial_id`).
     """
-    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
-    class ResumableOptunaSearch(OptunaSearch):
-        def on_trial_result(self, trial_id, result):
-            try:
-                super().on_trial_result(trial_id, result)
-            except UpdateFinishedTrialError:
-                self._completed_trials.add(trial_id)
+    class EmmilOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            if result:
+                for key, attr in (("mlflow_run_id", "mlflow_run_id"), ("trial_key", "trial_id")):
+                    if result.get(key):
+                        ot_trial.set_user_attr(attr, str(result[key]))
+            stopped_early = bool(result) and not error and result.get("epoch", 0) < result.get("total_epochs", 0)
+            if not stopped_early:
+                return super().on_trial_complete(trial_id, result, error)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)  # Optuna keeps its reported values
+            self._completed_trials.add(trial_id)
 
-    return ResumableOptunaSearch
+    return EmmilOptunaSearch
 
 
-def make_searcher(storage_url: str, study_name: str, seed: int):
-    """Ray Tune's OptunaSearch with a seeded TPE sampler on an RDB study (reopened if it exists)."""
+def make_searcher(space: SearchSpace, storage_url: str, study_name: str, seed: int):
+    """Ray Tune's OptunaSearch with a seeded TPE sampler on an RDB study (reopened if it exists: TPE
+    then learns from the trials stored there)."""
     import optuna
 
     storage = optuna.storages.RDBStorage(storage_url)  # a URL string fails OptunaSearch's assertion
-    return _resumable_searcher_class()(metric=OBJECTIVE, mode=MODE, storage=storage, study_name=study_name,
-                                       seed=seed)
+    return _searcher_class()(space=optuna_space(space), metric=OBJECTIVE, mode=MODE, storage=storage,
+                             study_name=study_name, seed=seed)
+
+
+def finished_trials(storage_url: str, study_name: str) -> int:
+    """Search trials the study holds as COMPLETE or PRUNED (what a resumed search does not run again);
+    0 when the study does not exist yet."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:
+        return 0
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=done))
 
 
 def fail_orphaned_trials(storage_url: str, study_name: str) -> int:
@@ -109,7 +134,10 @@ def fail_orphaned_trials(storage_url: str, study_name: str) -> int:
     """
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:  # a driver killed before the study was created
+        return 0
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in running:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
@@ -133,21 +161,30 @@ def make_scheduler(kind: str, max_epochs: int):
     return None
 
 
-def pick_best(rows: list[Mapping[str, Any]]) -> Mapping[str, Any]:
-    """The search trial to retrain: the best final objective among trials that ran every epoch; if
-    none did, the best last-reported objective. Ties: the earlier trial. rows carry `search` params.
-    """
-    def value(r):
-        v = r.get(OBJECTIVE)
+def pick_best(storage_url: str, study_name: str) -> dict[str, Any]:
+    """The search trial to retrain, read from the study (every launch of a resumed search is in it):
+    the best objective among COMPLETE trials (they ran every epoch); if there is none, the best last
+    reported value of a PRUNED one. Ties: the earlier trial. {"params", "value", "trial", "complete"}."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    states = optuna.trial.TrialState
+
+    def value(t) -> float:
+        v = t.value if t.state == states.COMPLETE else (
+            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
         return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
 
-    scored = [r for r in rows if value(r) > -math.inf and not r.get("error")]
-    if not scored:
-        raise ConfigError(f"no search trial reported {OBJECTIVE}; nothing to retrain (see the trial errors above)")
-    complete = [r for r in scored if r.get("epoch") == r.get("total_epochs")]
-    pool = complete or scored
+    complete = [t for t in study.trials if t.state == states.COMPLETE and value(t) > -math.inf]
+    pruned = [t for t in study.trials if t.state == states.PRUNED and value(t) > -math.inf]
+    pool = complete or pruned
+    if not pool:
+        raise ConfigError(f"no search trial of study {study_name!r} reported {OBJECTIVE}; nothing to retrain "
+                          "(see the trial errors above)")
     best = max(pool, key=value)  # max keeps the first of equal values
-    return best
+    return {"params": dict(best.params), "value": value(best),
+            "trial": best.user_attrs.get("trial_id", f"optuna trial {best.number}"),
+            "complete": len(complete), "pruned": len(pruned)}
 
 
 def load_study(storage_url: str, study_name: str):

@@ -52,7 +52,9 @@ def check_tracking_uri(uri: str | None, timeout: float = PROBE_TIMEOUT_S) -> Non
             raise ConfigError(f"--tracking-uri {shown}: tracking server unreachable ({reason}); start it "
                               "(e.g. mlflow server --host 127.0.0.1) or omit --tracking-uri for the local store")
     elif parts.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        from urllib.parse import unquote
+
+        path = unquote(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ""  # as SQLAlchemy reads it
         if path and not Path(path).parent.is_dir():  # sqlite:////abs/file -> /abs/file
             raise ConfigError(f"--tracking-uri {shown}: folder of the SQLite file does not exist")
 

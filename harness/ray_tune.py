@@ -9,7 +9,7 @@ The trial calls the core in three places only (`resolve_config`, `fit`, `evaluat
     the MLflow run id and the report written atomically to the trial's state file
     (<results>/<name>/trial-state/<trial>.pt, one per trial, replaced each epoch), then one
     `tune.report` with a small marker checkpoint. A retried trial (FailureConfig.max_failures) or a
-    resumed experiment (`Tuner.restore`) continues from the state file, in the same MLflow run.
+    resumed experiment (a fresh Tune experiment, see below) continues from the state file, in the same MLflow run.
     Why not the state inside Tune's checkpoints: Tune prunes a trial's old checkpoints
     (CheckpointConfig.num_to_keep) as soon as a newer one is registered, but saves its experiment
     snapshot, which names the checkpoint to restore, only afterwards; a driver killed in between left a
@@ -18,6 +18,8 @@ The trial calls the core in three places only (`resolve_config`, `fit`, `evaluat
     on CI). Marker checkpoints are a few bytes and never pruned, so the one any snapshot names exists;
     the state file is the only large file per trial, as one kept checkpoint was before;
   - the last epoch also evaluates the test split when the stage allows it (never in a search).
+A resumed experiment is never `Tuner.restore`d (Tune's state is pickled: issue 15.1); harness.runner
+starts a fresh Tune experiment with the unfinished trials, which continue from their state files.
 """
 
 from __future__ import annotations
@@ -75,13 +77,20 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     if ray.is_initialized():
         yield False
         return
+    where = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":  # Ray's keyword for "start a new local instance"
+        address = None
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": True, "logging_level": "ERROR"}
     if address:
         # The cluster's processes did not inherit our environment: pass what the trials need.
         env = {k: os.environ[k] for k in ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO",) if k in os.environ}
-        ray.init(address=address, runtime_env={"env_vars": {**env, **TRIAL_MLFLOW_ENV}}, **kwargs)
+        try:
+            ray.init(address=address, runtime_env={"env_vars": {**env, **TRIAL_MLFLOW_ENV}}, **kwargs)
+        except ConnectionError as exc:  # "auto" with no cluster started on this machine
+            raise ConfigError(f"{where} {address}: no running Ray cluster found ({str(exc)[:200]}); start one "
+                              "with `ray start --head`, or unset it for a private local instance") from None
     else:
         # address="local": a private instance even if a stale /tmp/ray/ray_current_cluster exists.
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
@@ -94,6 +103,10 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
 
 def _safe_file_name(trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id)
+
+
+def trial_state_file(state_dir: str | os.PathLike, trial_id: str) -> Path:
+    return Path(state_dir) / f"{_safe_file_name(trial_id)}.pt"
 
 
 def marker_epoch(checkpoint) -> int:
@@ -188,13 +201,31 @@ def shared_features(data, device):
     return host.to(device)
 
 
-def _write_artifacts(out_dir: Path, cfg, metrics: Mapping[str, float], outcome) -> Path:
+KEEP_MODELS = ("all", "best", "none")
+
+
+def keeps_model(policy: str, stage: str) -> bool:
+    """--keep-models: `all` every trial writes model.pt; `best` only the trials that train the chosen
+    configuration (an ablation's every trial, a sweep's final-test retrain, not its search trials);
+    `none` no trial does."""
+    return policy == "all" or (policy == "best" and stage != "search")
+
+
+def _write_artifacts(out_dir: Path, cfg, metrics: Mapping[str, float], outcome, model=None, data=None) -> Path:
+    """The trial's artifact folder, logged to its MLflow run: config.yaml, metrics.json and, when it
+    evaluated on test, predictions.json, timelines.json; model.pt (emmil.model_file) when `model` is given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
     (out_dir / "metrics.json").write_text(json.dumps(dict(metrics), indent=1, sort_keys=True))
     if outcome is not None:
         (out_dir / "predictions.json").write_text(json.dumps(outcome.predictions))
         (out_dir / "timelines.json").write_text(json.dumps(outcome.timelines))
+    if model is not None:
+        from emmil.model_file import MODEL_FILE, save_model
+        from emmil.train import localized_config
+
+        save_model(out_dir / MODEL_FILE, cfg, model, data.classes, clip_seconds=data.clip_seconds,
+                   localize=localized_config(cfg, dict(metrics)).localize)
     return out_dir
 
 
@@ -202,23 +233,26 @@ def emmil_trial(config: dict, data=None) -> None:
     """Ray Tune function trainable: one EM-MIL training run (see module doc).
 
     config = {"trial": {trial_id, name, variant, seed, overrides}, "run": {dataset, preset, stage,
-    eval_test, experiment, tracking, tags, buffer_dir, fail_once}, "search": {dotted key: value}}.
+    eval_test, experiment, tracking, tags, buffer_dir, fail_once}, plus, in a search, the sampled
+    values under their dotted config keys ("train.gamma": 0.2, ...).
     """
     for key, value in TRIAL_MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
     from emmil import train as core
     from emmil.config import config_hash, resolve_config
-    from harness.tracking import TrackingTarget, TrialRun
+    from harness.tracking import TrackingTarget, TrialRun, trial_uri
+
+    from harness.optuna_search import search_params
 
     spec, run = config["trial"], config["run"]
-    search = dict(config.get("search") or {})
+    search = search_params(config)
     ctx = tune.get_context()
     trial_id = spec.get("trial_id") or f"{run['id_prefix']}/{ctx.get_trial_id()}"
     cfg = resolve_config(run["dataset"], preset=run["preset"], seed=int(spec["seed"]),
                          overrides={**spec["overrides"], **search})
     device = core.choose_device(cfg.device)
 
-    state_file = Path(run["state_dir"]) / f"{_safe_file_name(trial_id)}.pt"
+    state_file = trial_state_file(run["state_dir"], trial_id)
     blob = read_trial_state(state_file, marker_epoch(tune.get_checkpoint()))
     state, run_id, last_report = blob.get("state"), blob.get("run_id"), blob.get("report")
 
@@ -237,7 +271,8 @@ def emmil_trial(config: dict, data=None) -> None:
         "emmil.stage": run["stage"],
     }
     buffer = Path(run["buffer_dir"]) / f"{_safe_file_name(trial_id)}.jsonl"
-    tracker = TrialRun(TrackingTarget(**run["tracking"]), trial_id, tags, buffer, run_id=run_id)
+    target = TrackingTarget(**{**run["tracking"], "uri": trial_uri(run["tracking"]["uri"])})
+    tracker = TrialRun(target, trial_id, tags, buffer, run_id=run_id)
     if state is None:
         tracker.log_params(cfg.to_flat_dict())
     tracker.flush()
@@ -266,7 +301,8 @@ def emmil_trial(config: dict, data=None) -> None:
                 final = {k: float(v) for k, v in outcome.metrics.items()}
                 tracker.log_metrics(final, step=result.epoch)
                 report.update(final)
-            tracker.log_artifacts(_write_artifacts(trial_dir / "artifacts", cfg, final, outcome))
+            model = result.model if keeps_model(run.get("keep_models", "all"), run["stage"]) else None
+            tracker.log_artifacts(_write_artifacts(trial_dir / "artifacts", cfg, final, outcome, model, data))
             tracker.terminate("FINISHED")
             delivered = tracker.flush_with_retries()
         else:
@@ -300,11 +336,6 @@ class Resources:
 
     def as_dict(self) -> dict[str, float]:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
-
-
-def restorable(path: Path) -> bool:
-    """Tuner.restore works only once tuner.pkl AND an experiment_state-*.json exist (DESIGN.md 10)."""
-    return tune.Tuner.can_restore(str(path)) and any(path.glob("experiment_state-*.json"))
 
 
 class TrialProgress(tune.Callback):
@@ -348,6 +379,22 @@ class TrialProgress(tune.Callback):
         print(f"  {self.label} {trial.trial_id}: failed, retrying from its last checkpoint", flush=True)
 
 
+def check_resources(resources: Resources) -> None:
+    """Refuse a per-trial request that no live node of the Ray cluster can meet: Tune would keep such a
+    trial PENDING forever, silently (found with --gpus-per-trial 0.25 on a machine without a GPU)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    need_cpu, need_gpu = resources.cpus_per_trial, resources.gpus_per_trial
+    if any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
+        return
+    have = ", ".join(f"{n.get('CPU', 0):g} CPUs + {n.get('GPU', 0):g} GPUs" for n in nodes) or "none alive"
+    raise ConfigError(f"--cpus-per-trial {need_cpu:g} --gpus-per-trial {need_gpu:g}: no node of the Ray cluster "
+                      f"can run one trial (nodes: {have}); lower the request"
+                      + (" (--gpus-per-trial 0 on a machine without a GPU)" if need_gpu and
+                         not any(n.get("GPU", 0) for n in nodes) else ""))
+
+
 def put_dataset(take: Callable[[], Any]):
     """ray.put the dataset ONCE; the driver's copy is dropped right after (only the ObjectRef stays).
 
@@ -366,7 +413,6 @@ def tune_trials(
     storage: Path,
     param_space: Mapping[str, Any] | None,
     resources: Resources,
-    resume: bool,
     max_failures: int = 2,
     num_samples: int = 1,
     metric: str | None = None,
@@ -376,15 +422,11 @@ def tune_trials(
     progress_total: int = 0,
     progress_label: str = "trial",
 ):
-    """Run (or, with resume, restore and finish) one Tune experiment at storage/name; ResultGrid.
+    """Run one fresh Tune experiment at storage/name (never a restored one: see the module doc); ResultGrid.
 
     `data`: the dataset's ObjectRef from `put_dataset` (an object would be put again per call).
     """
     trainable = tune.with_parameters(tune.with_resources(emmil_trial, resources.as_dict()), data=data)
-    path = storage / name
-    if resume and restorable(path):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-        return tuner.fit()
     tune_config = tune.TuneConfig(
         metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
         max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
@@ -409,7 +451,9 @@ def result_rows(grid) -> list[dict[str, Any]]:
     for result in grid:
         metrics = dict(result.metrics or {})
         metrics["error"] = repr(result.error) if result.error else ""
-        metrics["search"] = dict((result.config or {}).get("search") or {})
+        from harness.optuna_search import search_params
+
+        metrics["search"] = search_params(result.config or {})
         metrics.setdefault("trial_key", ((result.config or {}).get("trial") or {}).get("trial_id") or "")
         rows.append(metrics)
     return rows

@@ -8,8 +8,17 @@ Layout of one ablation/sweep under the results dir:
     <results>/<name>/harness.json       parent run id, MLflow experiment, stage: what --resume needs
     <results>/<name>/tracking-buffer/   per-trial JSONL buffers of not-yet-delivered tracking calls
     <results>/<name>/trial-state/       per-trial training state, replaced each epoch (what a retry resumes)
-    <results>/<name>/<tune experiment>/ Ray Tune experiment dirs (trials, epoch-marker checkpoints, state)
+    <results>/<name>/<tune experiment>/ Ray Tune experiment dirs, one per launch (ablation, ablation-resume1, ...)
     <results>/<name>/report/            the report (when the reports package is present)
+
+Resume never restores Ray Tune's own experiment state: Tune keeps it in pickles (tuner.pkl and pickled
+fields of experiment_state-*.json), and unpickling a file from the results tree on --resume would run
+whatever code a crafted file holds (issue 15.1). The plan is ours instead, in harness.json as plain JSON:
+the run-wide settings (`signature`) and one config hash per trial (`plan`). A resume checks both
+against what the command asks for now (a changed setting or trial config is refused by name, a new
+trial is added), takes every finished trial from its state file (torch weights_only: tensors and plain
+data) and starts a fresh Tune experiment with the unfinished ones only, each continuing from its
+state file. Tune's pickles are written but never read.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from harness import tracking
 from harness.experiments import check_safe_name, inside
 
 STATE_FILE = "harness.json"
+RESUME_FORMAT = 2  # harness.json with `signature` and `plan`; older folders cannot be resumed safely
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ def check_place(place: RunPlace, *, resume: bool) -> dict | None:
     """The cheap checks of `open_parent`, done before anything starts: a fresh start on a folder that
     already holds a run is refused (nothing is overwritten); a resume without one is refused too."""
     check_safe_name(place.name, "run name")
+    refuse_symlinks(place.root)
     state = read_state(place)
     if state is not None and not resume:
         raise ConfigError(
@@ -82,6 +93,22 @@ def check_place(place: RunPlace, *, resume: bool) -> dict | None:
     if state is None and resume:
         raise ConfigError(f"--resume: nothing to resume at {place.root} (no {STATE_FILE})")
     return state
+
+
+def refuse_symlinks(root: Path) -> None:
+    """No symbolic link anywhere below a run folder: a resume writes harness.json, state files, buffers
+    and the report there, and a planted link (report/report.md -> a file elsewhere) would be written
+    through (issue 15.4). Checked before anything is written; the message names the link."""
+    if not root.exists():
+        return
+    if root.is_symlink():
+        raise ConfigError(f"{root}: the run folder is a symbolic link; refusing to write through it")
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in (*dirs, *files):
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise ConfigError(f"{path}: a symbolic link inside the run folder {root} (to {os.readlink(path)}); "
+                                  "refusing to write below it: remove the link")
 
 
 def prewarm_tracking(uri: str):
@@ -102,7 +129,7 @@ def prewarm_tracking(uri: str):
 
 
 def open_parent(place: RunPlace, *, resume: bool, kind: str, tags: Mapping[str, str],
-                params: Mapping[str, Any] = {}) -> tuple[tracking.TrackingTarget, dict]:
+                params: Mapping[str, Any] = {}, plan: Mapping[str, Any] = {}) -> tuple[tracking.TrackingTarget, dict]:
     """Create the MLflow experiment and parent run (fresh) or reopen them (--resume).
 
     A fresh start on a folder that already holds a run is refused (nothing is overwritten); a resume
@@ -126,9 +153,73 @@ def open_parent(place: RunPlace, *, resume: bool, kind: str, tags: Mapping[str, 
     parent = tracking.start_parent_run(place.tracking_uri, experiment_id, place.name,
                                        {"emmil.kind": kind, **tags}, params)
     state = {"kind": kind, "parent_run_id": parent, "experiment_id": experiment_id,
-             "mlflow_experiment": place.mlflow_experiment, "tracking_uri": redacted, "stage": "started"}
+             "mlflow_experiment": place.mlflow_experiment, "tracking_uri": redacted, "stage": "started",
+             "format": RESUME_FORMAT, **plan}
     write_state(place, state)
     return tracking.TrackingTarget(place.tracking_uri, experiment_id, parent, place.mlflow_experiment), state
+
+
+def check_resume(state: Mapping[str, Any], place: RunPlace, signature: Mapping[str, Any],
+                 plan: Mapping[str, str]) -> None:
+    """Refuse a --resume that would mix configurations: a run-wide setting (`signature`: dataset, data,
+    preset, --set, ...) or the config of a trial present in both plans changed. New trials (more seeds,
+    more search trials) are fine: they are added. The message names what changed."""
+    if state.get("format") != RESUME_FORMAT:
+        raise ConfigError(f"--resume: {place.root} was started by an older emmil-bench (harness.json without a "
+                          "resume plan); it cannot be resumed safely: start again in another --results directory")
+    # both as harness.json stores them: a tuple reads back as a list and is the same setting
+    old, signature = (json.loads(json.dumps(s, default=str)) for s in (state.get("signature") or {}, signature))
+    changed = [k for k in sorted(set(old) | set(signature)) if old.get(k) != signature.get(k)]
+    if changed:
+        what = "; ".join(_changed(k, old.get(k), signature.get(k)) for k in changed)
+        raise ConfigError(f"--resume: {place.root} was started with other settings ({what}). A resume finishes the "
+                          "same run; a changed setting is a new run: use another --results directory")
+    old_plan = state.get("plan") or {}
+    differ = [t for t in plan if t in old_plan and old_plan[t] != plan[t]]
+    if differ:
+        shown = ", ".join(f"{t} (config {old_plan[t]} -> {plan[t]})" for t in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise ConfigError(f"--resume: the configuration of {len(differ)} trial(s) changed since {place.root} was "
+                          f"started: {shown}{more} (the experiment file or the preset's defaults changed); "
+                          "use another --results directory")
+
+
+def _changed(name: str, old: Any, new: Any) -> str:
+    """`name: was X, now Y`, down to the keys that differ when both are mappings (a space file's param)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return "; ".join(_changed(f"{name}.{k}", old.get(k), new.get(k))
+                         for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    return f"{name}: was {_short(old)}, now {_short(new)}"
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def finished_trials(place: RunPlace, trial_ids, *, need_test: bool) -> dict[str, dict]:
+    """{trial_id: its final report} for the trials whose state file records the last epoch (and the test
+    metrics when the stage evaluates on test): what a resume keeps instead of running again."""
+    from harness.ray_tune import read_trial_state, trial_state_file
+
+    done = {}
+    for trial_id in trial_ids:
+        report = read_trial_state(trial_state_file(place.state_dir, trial_id), 0).get("report") or {}
+        last = report.get("epoch") is not None and report.get("epoch") == report.get("total_epochs")
+        if last and (not need_test or "test_avg_mAP" in report):
+            done[trial_id] = {**report, "error": "", "search": {}, "trial_key": trial_id}
+    return done
+
+
+def tune_dir_name(place: RunPlace, base: str) -> str:
+    """A fresh Tune experiment folder per launch: `base`, then `base`-resume1, -resume2, ... (Tune's state
+    of an earlier launch is kept for inspection, never restored: see the module doc)."""
+    if not (place.root / base).exists():
+        return base
+    k = 1
+    while (place.root / f"{base}-resume{k}").exists():
+        k += 1
+    return f"{base}-resume{k}"
 
 
 def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: list[Mapping[str, Any]]) -> dict[str, int]:

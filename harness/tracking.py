@@ -32,9 +32,18 @@ _MAX_METRICS_PER_BATCH = 1000
 # Pure helpers
 
 
+def sqlite_uri(path: str | os.PathLike) -> str:
+    """sqlite:///<absolute path>, percent-escaped: SQLAlchemy reads '?' as the start of a query (a results
+    dir 'a?b' put mlflow.db in 'a') and unescapes '%xx' (a dir 'a%20b' became 'a b'); it unescapes what
+    this escapes, so every character of a folder name survives."""
+    from urllib.parse import quote
+
+    return "sqlite:///" + quote(str(Path(path).resolve()), safe="/")
+
+
 def default_tracking_uri(results_dir: str | os.PathLike) -> str:
     """sqlite:///<absolute results dir>/mlflow.db (absolute: trials run in throwaway folders)."""
-    return f"sqlite:///{Path(results_dir).resolve()}/mlflow.db"
+    return sqlite_uri(Path(results_dir) / "mlflow.db")
 
 
 _QUERY_SECRET = re.compile(r"(?i)((?:password|passwd|pwd|token|secret)=)[^&;\s]*")
@@ -67,6 +76,36 @@ def redact_command(argv: Iterable[str]) -> str:
             token = f"{key}{sep}{redact_uri(value)}"
         out.append(token)
     return " ".join(out)
+
+
+# The full tracking URI of a run whose URI carries a secret, for the trial processes (issue 15.2).
+TRIAL_URI_ENV = "EMMIL_TRACKING_URI"
+
+
+def uri_for_trials(uri: str) -> str:
+    """The tracking URI as it may go into trial configs, which Ray Tune writes to disk (params.json, its
+    experiment state) and the Ray session logs: redacted when it carries a password or token. The full
+    URI then reaches the trials by environment only: $EMMIL_TRACKING_URI, set here in the driver before
+    Ray starts, so that a private Ray's workers inherit it. On a cluster, set it on every node."""
+    shown = redact_uri(uri)
+    if shown != uri:
+        os.environ[TRIAL_URI_ENV] = uri
+    return shown
+
+
+def trial_uri(uri_in_config: str) -> str:
+    """Inverse of `uri_for_trials`, in a trial: the full URI from the environment when the config holds
+    a redacted one (it must redact to the same text: a stale variable of another run is not used)."""
+    if "***" not in uri_in_config:
+        return uri_in_config
+    full = os.environ.get(TRIAL_URI_ENV, "")
+    if full and redact_uri(full) == uri_in_config:
+        return full
+    from emmil.errors import ConfigError
+
+    raise ConfigError(f"tracking URI {uri_in_config}: its password is passed to trials only by environment, and "
+                      f"${TRIAL_URI_ENV} is {'unset' if not full else 'set for another URI'} in this trial's "
+                      f"process; on a Ray cluster set {TRIAL_URI_ENV} to the full URI on every node")
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str:
@@ -111,7 +150,8 @@ class TrackingTarget:
     experiment_name: str
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What goes into the trial configs: the URI redacted (see `uri_for_trials`)."""
+        return {**asdict(self), "uri": uri_for_trials(self.uri)}
 
 
 def client(uri: str):

@@ -15,7 +15,8 @@ def test_tiny_real_ablation_report_matches_its_tracked_runs(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from emmil.data.synth import write_synthetic
-    from harness.cli.ablate import Launch, dataset_loader, run_ablation
+    from emmil.data.loading import load_dataset
+    from harness.cli.ablate import Launch, run_ablation
     from harness.experiments import load_experiment
 
     data_dir = write_synthetic("thumos14", tmp_path / "data", dim=16, seed=0, max_videos=6)
@@ -26,7 +27,7 @@ def test_tiny_real_ablation_report_matches_its_tracked_runs(tmp_path):
     launch = Launch(results=tmp_path / "results", max_concurrent=2, max_failures=0,
                     overrides={"train.epochs": 2, "train.cycle_epochs": 1, "train.cycle": 1})
     outcome = run_ablation(load_experiment(str(spec)), dataset="thumos14", preset="quick", seeds=1, launch=launch,
-                           load_data=dataset_loader("thumos14", str(data_dir), "auto"), out=lambda *_: None)
+                           load_data=lambda: load_dataset("thumos14", str(data_dir)), out=lambda *_: None)
     assert outcome.exit_code == 0
     report = outcome.root / "report"
     md = (report / "report.md").read_text()

@@ -5,7 +5,9 @@ in MLflow (one parent run, one child run per trial), resumable with --resume. Se
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,6 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     """Options common to `ablate` and `sweep`."""
     parser.add_argument("--dataset", choices=("thumos14", "anet12"), help="dataset name (default: the file's)")
     parser.add_argument("--data-dir", help="folder with the features (W-TALC or per-video layout)")
-    parser.add_argument("--layout", default="auto", choices=("auto", "wtalc", "per-video"))
     parser.add_argument("--preset", choices=("quick", "paper"), help="config preset (default: the file's, else paper)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied to every trial, e.g. --set train.epochs=3 (repeatable)")
@@ -34,9 +35,16 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="join this Ray cluster (else $RAY_ADDRESS, else a private local instance)")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default sqlite:///<results>/mlflow.db)")
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<results>/mlflow.db)")
+    parser.add_argument("--keep-models", choices=("all", "best", "none"), default=None,
+                        help="which trials write model.pt (logged as an MLflow artifact): all, best (the chosen "
+                             "configuration: every ablation trial, a sweep's final retrain) or none "
+                             "(default: all for ablate, best for sweep)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --results")
     parser.add_argument("--no-report", action="store_true", help="do not build <results>/<name>/report at the end")
+    from harness.cli.data_options import add_data_arguments
+
+    add_data_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +68,7 @@ class Launch:
     max_failures: int = 2
     resume: bool = False
     report: bool = True
+    keep_models: str | None = None  # --keep-models; None: the command's default
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set, every trial
     fail_once: Mapping[str, Any] | None = None  # test hook: {"epoch": k, "marker_dir": path}
 
@@ -81,93 +90,121 @@ def launch_from_args(args: argparse.Namespace) -> Launch:
         raise ConfigError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
     if args.gpus_per_trial < 0:
         raise ConfigError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.max_failures < 0:  # Tune reads -1 as "retry forever": a deterministic crash would never end
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     from harness.preflight import check_ray_address, check_tracking_uri
 
-    check_tracking_uri(args.tracking_uri)  # seconds, not minutes of retries (issue 6)
+    # --tracking-uri, else $MLFLOW_TRACKING_URI (MLflow's own variable, as `emmil report` reads it), else
+    # the results dir's SQLite store; the environment keeps a password out of the process table
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    check_tracking_uri(tracking_uri)  # seconds, not minutes of retries (issue 6)
     check_ray_address(args.address)
     return Launch(
         results=check_results_dir(args.results),  # before any work starts
-        tracking_uri=args.tracking_uri, address=args.address, cpus_per_trial=args.cpus_per_trial,
+        tracking_uri=tracking_uri, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         resume=args.resume, report=not args.no_report, overrides=parse_set_args(args.overrides),
+        keep_models=args.keep_models,
     )
 
 
-def dataset_loader(name: str, data_dir: str | None, layout: str) -> Callable[[], Any]:
+def dataset_loader(name: str, data_dir: str | None, args: argparse.Namespace) -> Callable[[], Any]:
+    """Loads the data with the command's data options (harness.cli.data_options)."""
     if not data_dir:
         raise ConfigError("--data-dir is required (a folder with the features; `emmil data synth` writes one)")
     from emmil.data.loading import load_dataset
+    from harness.cli.data_options import data_kwargs
 
-    return lambda: load_dataset(name, data_dir, layout)
+    kwargs = data_kwargs(args)
+    return lambda: load_dataset(name, data_dir, args.layout, **kwargs)
 
 
-def prepare_fresh_tune_dir(storage: Path, name: str, resume: bool) -> None:
-    """A Tune dir that cannot be restored (the driver died before its first state save) is moved aside."""
-    from harness.ray_tune import restorable
-
-    path = storage / name
-    if resume and path.exists() and not restorable(path):
-        shutil.move(str(path), str(storage / f"{name}.unrestorable-{int(time.time())}"))
+def data_signature(meta: Mapping[str, Any]) -> str:
+    """The data a run trained on, for the resume check: a different folder or a changed one is another run."""
+    return (f"{meta['name']} at {meta['path']} ({meta['videos']} videos, {meta['feature_bytes']} feature bytes, "
+            f"{meta['source']})")
 
 
 def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: int, launch: Launch,
                  load_data: Callable[[], Any], command: str | None = None, out=print) -> Outcome:
-    """Run (or resume) `experiment` x `seeds` on Ray Tune; returns the per-trial rows and where they are."""
-    from emmil.config import resolve_config
+    """Run (or resume) `experiment` x `seeds` on Ray Tune; returns the per-trial rows and where they are.
+
+    A resume runs only the trials without a finished state file, in a fresh Tune experiment (never a
+    restored one: harness.runner's module doc); more seeds than before extend the plan."""
+    import contextlib
+
+    from emmil.config import config_hash, resolve_config
     from harness import runner, tracking
-    from harness.ray_tune import Resources, put_dataset, ray_session, result_rows, tune_trials
+    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
 
     check_results_dir(launch.results)  # writable, with free space, before any work
     trials = expand_trials(experiment, seeds)
+    plan: dict[str, str] = {}
     for t in trials:  # every trial's config is valid before anything starts
         try:
-            resolve_config(dataset, preset=preset, seed=t.seed, overrides={**t.overrides, **launch.overrides})
+            cfg = resolve_config(dataset, preset=preset, seed=t.seed, overrides={**t.overrides, **launch.overrides})
         except ConfigError as exc:
             raise ConfigError(f"{experiment.path or experiment.name}: variant {t.variant!r}: {exc}") from None
+        plan[f"{experiment.name}/{t.name}"] = config_hash(cfg)
     uri = launch.tracking_uri or tracking.default_tracking_uri(launch.results)
     place = runner.RunPlace(launch.results, experiment.name, uri, f"emmil-{experiment.name}")
     command = command or runner.command_line()
-    runner.check_place(place, resume=launch.resume)  # before anything starts
+    previous = runner.check_place(place, resume=launch.resume)  # before anything starts
     warm = runner.prewarm_tracking(uri)  # overlaps data loading and ray.init
     take, meta = runner.load_once(load_data)
     if meta["name"] != dataset:
         raise ConfigError(f"--dataset {dataset!r} but the data at {meta['path']} is {meta['name']!r}")
+    signature = {"dataset": dataset, "data": data_signature(meta), "preset": preset,
+                 "set": dict(sorted(launch.overrides.items()))}
+    done: dict[str, dict] = {}
+    if previous is not None:
+        runner.check_resume(previous, place, signature, plan)
+        done = runner.finished_trials(place, plan, need_test=True)
     common_tags = {"emmil.experiment": experiment.name, "emmil.dataset": dataset, "emmil.data_source": meta["source"],
                    "emmil.command": command, "emmil.git_commit": tracking.git_commit()}
     out(f"emmil ablate {experiment.name}: {len(experiment.variants)} variants x {seeds} seeds = {len(trials)} trials "
         f"on {dataset} ({meta['source']}), preset {preset}")
+    if previous is not None:
+        out(f"resume: {len(done)} of {len(trials)} trials already finished (kept, not run again), "
+            f"{len(trials) - len(done)} to run")
     run_common = {
         "dataset": dataset, "preset": preset, "stage": "ablation", "eval_test": True,
         "tracking": None, "buffer_dir": str(place.buffer_dir), "state_dir": str(place.state_dir),
-        "fail_once": launch.fail_once,
+        "fail_once": launch.fail_once, "keep_models": launch.keep_models or "all",
         "tags": {**common_tags, "emmil.stage": "ablation"},
     }
-    trial_space = [
+    pending = [
         {"trial_id": f"{experiment.name}/{t.name}", "name": t.name, "variant": t.variant, "seed": t.seed,
          "overrides": {**t.overrides, **launch.overrides}}
-        for t in trials
+        for t in trials if f"{experiment.name}/{t.name}" not in done
     ]
-    from ray import tune
-
     resources = Resources(launch.cpus_per_trial, launch.gpus_per_trial, launch.max_concurrent)
+    tracking.uri_for_trials(uri)  # a secret reaches the trials by environment: before Ray starts
     t0 = time.time()
-    with ray_session(launch.address):
+    rows = list(done.values())
+    with ray_session(launch.address) if pending else contextlib.nullcontext():
+        if pending:
+            check_resources(resources)  # before the parent run opens: nothing is left RUNNING
         warm.join()
         target, state = runner.open_parent(
             place, resume=launch.resume, kind="ablation", tags=common_tags,
             params={"experiment": experiment.name, "dataset": dataset, "preset": preset, "seeds": seeds,
                     "variants": ",".join(v.name for v in experiment.variants),
                     **{f"set.{k}": v for k, v in launch.overrides.items()}},
+            plan={"signature": signature, "plan": plan},
         )
-        run_common["tracking"] = target.to_dict()
-        prepare_fresh_tune_dir(place.root, "ablation", launch.resume)
-        grid = tune_trials(put_dataset(take), name="ablation", storage=place.root,
-                           param_space={"trial": tune.grid_search(trial_space), "run": run_common},
-                           resources=resources, resume=launch.resume, max_failures=launch.max_failures,
-                           progress_total=len(trials))
-    rows = result_rows(grid)
+        state = {**state, "plan": {**state.get("plan", {}), **plan}}  # more seeds: the plan grows
+        runner.write_state(place, state)
+        if pending:
+            from ray import tune
+
+            run_common["tracking"] = target.to_dict()
+            grid = tune_trials(put_dataset(take), name=runner.tune_dir_name(place, "ablation"), storage=place.root,
+                               param_space={"trial": tune.grid_search(pending), "run": run_common},
+                               resources=resources, max_failures=launch.max_failures, progress_total=len(pending))
+            rows += result_rows(grid)
     closed = runner.close_trial_runs(target, place.buffer_dir, rows)
     wall = time.time() - t0
     ok = [r for r in rows if not r.get("error") and "test_avg_mAP" in r]
@@ -188,6 +225,9 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     out(summary)
     out(runner.tracking_summary(rows, closed, place.buffer_dir))
     out(runner.locations(place, target))
+    if status != "FINISHED":
+        out(f"{len(trials) - len(ok)} trial(s) did not finish; run the same command with --resume to finish them "
+            "(finished trials are kept)")
     if launch.report:
         out(runner.build_report(place, target, command=command))
     return Outcome(0 if status == "FINISHED" else 1, rows, target.parent_run_id, uri, place.root, summary)
@@ -207,6 +247,22 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset or experiment.preset or "paper"
     seeds = args.seeds if args.seeds is not None else experiment.seeds
     launch = launch_from_args(args)
-    outcome = run_ablation(experiment, dataset=dataset, preset=preset, seeds=seeds, launch=launch,
-                           load_data=dataset_loader(dataset, args.data_dir, args.layout))
+    with resume_hint():
+        outcome = run_ablation(experiment, dataset=dataset, preset=preset, seeds=seeds, launch=launch,
+                               load_data=dataset_loader(dataset, args.data_dir, args))
     return outcome.exit_code
+
+
+@contextlib.contextmanager
+def resume_hint():
+    """After Ctrl-C: say how to finish the run (the finished trials are kept), then exit 130 as before."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from harness.runner import command_line
+
+        command = command_line()
+        if "--resume" not in command.split():
+            command += " --resume"
+        print(f"interrupted: finished trials are kept; finish the run with:\n  {command}", file=sys.stderr)
+        raise

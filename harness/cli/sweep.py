@@ -14,9 +14,7 @@ import time
 from typing import Any, Callable
 
 from emmil.errors import ConfigError
-from harness.cli.ablate import (
-    TEST_METRICS, Launch, Outcome, add_shared_arguments, dataset_loader, launch_from_args, prepare_fresh_tune_dir,
-)
+from harness.cli.ablate import TEST_METRICS, Launch, Outcome, add_shared_arguments, dataset_loader, launch_from_args
 from harness.experiments import SearchSpace, check_results_dir, check_safe_name, load_space, summary_table
 
 
@@ -38,14 +36,37 @@ def _final_rows_label(rows: list[dict]) -> list[dict]:
     return [{**r, "variant": "best"} for r in rows]
 
 
+def space_signature(space: SearchSpace) -> dict[str, Any]:
+    """What the search space file says, as plain JSON (the resume check compares it)."""
+    import dataclasses
+
+    return {"params": [dataclasses.asdict(p) for p in space.params], "fixed": dict(space.fixed),
+            "final_overrides": dict(space.final_overrides)}
+
+
+def final_trial_ids(study: str, overrides: dict, seeds: int) -> list[str]:
+    """The final retrain's trial ids carry a digest of its configuration: a resumed sweep whose best
+    configuration changed (more search trials) retrains the new best under new ids, and the earlier
+    final trials keep theirs."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return [f"{study}/final-test/{digest}/s{s}" for s in range(seeds)]
+
+
 def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, scheduler: str, study: str,
               storage: str | None, sampler_seed: int, final_seeds: int, launch: Launch,
               load_data: Callable[[], Any], command: str | None = None, out=print) -> Outcome:
-    """Search, then retrain the best config on the full training split over `final_seeds` seeds."""
-    from emmil.config import resolve_config
+    """Search, then retrain the best config on the full training split over `final_seeds` seeds.
+
+    A resume (or a larger --trials / --final-seeds on a finished sweep) runs only what is missing: the
+    study's COMPLETE and PRUNED trials count as done (those left RUNNING by a killed driver are marked
+    FAIL and sampled again), final trials with a finished state file are kept."""
+    from emmil.config import config_hash, resolve_config
     from harness import optuna_search as osearch
     from harness import runner, tracking
-    from harness.ray_tune import Resources, put_dataset, ray_session, result_rows, tune_trials
+    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
 
     check_results_dir(launch.results)  # writable, with free space, before any work
     if trials < 1:
@@ -71,22 +92,37 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                 "the search objective needs a held-out slice: raise train.val_fraction or use more videos"
             )
 
-    runner.check_place(place, resume=launch.resume)  # before anything starts
+    previous = runner.check_place(place, resume=launch.resume)  # before anything starts
     warm = runner.prewarm_tracking(uri)  # overlaps data loading and ray.init
     take, meta = runner.load_once(load_data, has_validation_slice)
     if meta["name"] != dataset:
         raise ConfigError(f"--dataset {dataset!r} but the data at {meta['path']} is {meta['name']!r}")
+    from harness.cli.ablate import data_signature
+
+    signature = {"dataset": dataset, "data": data_signature(meta), "preset": preset,
+                 "set": dict(sorted(launch.overrides.items())), "space": space_signature(space),
+                 "scheduler": scheduler, "sampler_seed": sampler_seed, "storage": tracking.redact_uri(storage_url)}
+    if previous is not None:
+        runner.check_resume(previous, place, signature, {})
+        lost = osearch.fail_orphaned_trials(storage_url, study)
+        if lost:
+            out(f"resume: {lost} search trial(s) left running by the interrupted driver marked FAIL in the study "
+                "(their configurations are sampled again)")
+    searched = osearch.finished_trials(storage_url, study) if previous is not None else 0
+    to_search = max(0, trials - searched)
     common_tags = {"emmil.experiment": f"sweep-{study}", "emmil.dataset": dataset, "emmil.data_source": meta["source"],
                    "emmil.command": command, "emmil.git_commit": tracking.git_commit()}
     resources = Resources(launch.cpus_per_trial, launch.gpus_per_trial, launch.max_concurrent)
     run_common = {"dataset": dataset, "preset": preset, "tracking": None,
                   "buffer_dir": str(place.buffer_dir), "state_dir": str(place.state_dir),
-                  "fail_once": launch.fail_once}
+                  "fail_once": launch.fail_once, "keep_models": launch.keep_models or "best"}
+    tracking.uri_for_trials(uri)  # a secret reaches the trials by environment: before Ray starts
     t0 = time.time()
     from ray import tune
 
     final_rows: list[dict] = []
     with ray_session(launch.address):
+        check_resources(resources)  # before the parent run opens: nothing is left RUNNING
         warm.join()
         target, state = runner.open_parent(
             place, resume=launch.resume, kind="sweep", tags={**common_tags, "emmil.study": study},
@@ -94,28 +130,29 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                     "scheduler": scheduler, "sampler": "TPE", "sampler_seed": sampler_seed, "final_seeds": final_seeds,
                     "optuna_storage": tracking.redact_uri(storage_url), "objective": osearch.OBJECTIVE,
                     **{f"set.{k}": v for k, v in launch.overrides.items()}},
+            plan={"signature": signature, "plan": {}},
         )
         run_common["tracking"] = target.to_dict()
         data_ref = put_dataset(take)  # once, for both stages; the driver keeps no copy
         # ---- search
-        if state.get("stage") in (None, "started", "search"):
+        if previous is not None:
+            out(f"resume: {searched} of {trials} search trials already in the study (kept), {to_search} to run")
+        if to_search:
             runner.write_state(place, {**state, "stage": "search"})
-            out(f"emmil sweep {study}: {trials} trials of {space.path} on {dataset} ({meta['source']}), preset "
+            out(f"emmil sweep {study}: {to_search} trials of {space.path} on {dataset} ({meta['source']}), preset "
                 f"{preset}, scheduler {scheduler}, objective {osearch.OBJECTIVE} (held-out training videos)")
-            prepare_fresh_tune_dir(place.root, "search", launch.resume)
             grid = tune_trials(
-                data_ref, name="search", storage=place.root,
+                data_ref, name=runner.tune_dir_name(place, "search"), storage=place.root,
                 param_space={
                     "trial": {"trial_id": None, "name": "search", "variant": base.variant, "seed": 0,
                               "overrides": {**launch.overrides, **space.fixed}},
                     "run": {**run_common, "stage": "search", "eval_test": False, "id_prefix": f"{study}/search",
                             "tags": {**common_tags, "emmil.stage": "search"}},
-                    "search": osearch.tune_space(space),
                 },
-                resources=resources, resume=launch.resume, max_failures=launch.max_failures, num_samples=trials,
+                resources=resources, max_failures=launch.max_failures, num_samples=to_search,
                 metric=osearch.OBJECTIVE, mode=osearch.MODE,
-                search_alg=osearch.make_searcher(storage_url, study, sampler_seed),
-                scheduler=osearch.make_scheduler(scheduler, max_epochs), progress_total=trials,
+                search_alg=osearch.make_searcher(space, storage_url, study, sampler_seed),
+                scheduler=osearch.make_scheduler(scheduler, max_epochs), progress_total=to_search,
                 progress_label="search trial",
             )
             search_rows = result_rows(grid)
@@ -123,14 +160,12 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
             out(runner.tracking_summary(search_rows, closed, place.buffer_dir).replace("tracking: ", "search tracking:", 1))
             orphans = osearch.fail_orphaned_trials(storage_url, study)
             if orphans:
-                out(f"search: {orphans} Optuna trial(s) started before the driver was killed were lost with it; "
-                    "marked FAIL in the study (their configurations were sampled again)")
-            best = osearch.pick_best(search_rows)
-            state = {**state, "stage": "search-done", "best_params": best["search"],
-                     "best_value": best.get(osearch.OBJECTIVE), "best_trial": best.get("trial_key", ""),
-                     "search_trials": len(search_rows),
-                     "stopped_early": sum(1 for r in search_rows if r.get("epoch") != r.get("total_epochs"))}
-            runner.write_state(place, state)
+                out(f"search: {orphans} Optuna trial(s) still running when the search returned marked FAIL")
+        best = osearch.pick_best(storage_url, study)
+        state = {**state, "stage": "search-done", "best_params": best["params"], "best_value": best["value"],
+                 "best_trial": best["trial"], "search_trials": best["complete"] + best["pruned"],
+                 "stopped_early": best["pruned"]}
+        runner.write_state(place, state)
         best_params = state["best_params"]
         out(f"search: best {osearch.OBJECTIVE} = {state['best_value']:.4f} ({state['best_trial']}), "
             f"{state['search_trials']} trials, {state['stopped_early']} stopped early")
@@ -139,20 +174,29 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
         # ---- final retrain on the full training split, evaluated on test
         if final_seeds > 0:
             overrides = {**launch.overrides, **space.fixed, **best_params, **space.final_overrides}
-            resolve_config(dataset, preset=preset, overrides=overrides)
-            runner.write_state(place, {**state, "stage": "final"})
-            trial_space = [{"trial_id": f"{study}/final-test/s{s}", "name": f"best-s{s}", "variant": base.variant,
-                            "seed": s, "overrides": overrides} for s in range(final_seeds)]
-            prepare_fresh_tune_dir(place.root, "final-test", launch.resume)
-            grid = tune_trials(
-                data_ref, name="final-test", storage=place.root,
-                param_space={"trial": tune.grid_search(trial_space),
-                             "run": {**run_common, "stage": "final-test", "eval_test": True,
-                                     "tags": {**common_tags, "emmil.stage": "final-test"}}},
-                resources=resources, resume=launch.resume and state.get("stage") == "final",
-                max_failures=launch.max_failures, progress_total=final_seeds, progress_label="final trial",
-            )
-            final_rows = _final_rows_label(result_rows(grid))
+            ids = final_trial_ids(study, overrides, final_seeds)
+            plan = {tid: config_hash(resolve_config(dataset, preset=preset, seed=s, overrides=overrides))
+                    for s, tid in enumerate(ids)}
+            runner.check_resume({**state, "signature": signature}, place, signature, plan)
+            state = {**state, "stage": "final", "plan": {**state.get("plan", {}), **plan}}
+            runner.write_state(place, state)
+            done = runner.finished_trials(place, ids, need_test=True)
+            pending = [{"trial_id": tid, "name": f"best-s{s}", "variant": base.variant, "seed": s,
+                        "overrides": overrides} for s, tid in enumerate(ids) if tid not in done]
+            if done:
+                out(f"final: {len(done)} of {final_seeds} seeds already retrained (kept), {len(pending)} to run")
+            final_rows = list(done.values())
+            if pending:
+                grid = tune_trials(
+                    data_ref, name=runner.tune_dir_name(place, "final-test"), storage=place.root,
+                    param_space={"trial": tune.grid_search(pending),
+                                 "run": {**run_common, "stage": "final-test", "eval_test": True,
+                                         "tags": {**common_tags, "emmil.stage": "final-test"}}},
+                    resources=resources, max_failures=launch.max_failures, progress_total=len(pending),
+                    progress_label="final trial",
+                )
+                final_rows += result_rows(grid)
+            final_rows = _final_rows_label(final_rows)
             closed = runner.close_trial_runs(target, place.buffer_dir, final_rows)
             out(runner.tracking_summary(final_rows, closed, place.buffer_dir).replace("tracking: ", "final tracking:", 1))
     ok = [r for r in final_rows if not r.get("error") and "test_avg_mAP" in r]
@@ -175,6 +219,8 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
     out(summary)
     out(runner.locations(place, target, {"Optuna study": f"{study} at {tracking.redact_uri(storage_url)}",
                                          "dashboard": f"optuna-dashboard '{tracking.redact_uri(storage_url)}'"}))
+    if status != "FINISHED":
+        out("the final retrain did not finish; run the same command with --resume to finish it")
     if launch.report:
         out(runner.build_report(place, target, command=command, optuna_storage=storage_url, study_name=study))
     return Outcome(0 if status == "FINISHED" else 1, final_rows, target.parent_run_id, uri, place.root, summary)
@@ -188,7 +234,10 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset or "paper"
     study = args.study or (space.name if space.name.startswith(dataset) else f"{dataset}-{space.name}")
     launch = launch_from_args(args)
-    outcome = run_sweep(space, dataset=dataset, preset=preset, trials=args.trials, scheduler=args.scheduler,
-                        study=study, storage=args.storage, sampler_seed=args.seed, final_seeds=args.final_seeds,
-                        launch=launch, load_data=dataset_loader(dataset, args.data_dir, args.layout))
+    from harness.cli.ablate import resume_hint
+
+    with resume_hint():
+        outcome = run_sweep(space, dataset=dataset, preset=preset, trials=args.trials, scheduler=args.scheduler,
+                            study=study, storage=args.storage, sampler_seed=args.seed, final_seeds=args.final_seeds,
+                            launch=launch, load_data=dataset_loader(dataset, args.data_dir, args))
     return outcome.exit_code

@@ -92,7 +92,7 @@ def test_killed_sweep_driver_resumes_only_the_missing_trials(tmp_path, fault_dat
     assert finished_before >= 1  # a trial done before the kill was not run again
     # each completed Optuna trial has its run: its parameters were logged on it
     logged = sorted(round(float(v[0].data.params["train.gamma"]), 6) for v in search.values())
-    assert logged == sorted(round(t.params["search/train.gamma"], 6) for t in complete)
+    assert logged == sorted(round(t.params["train.gamma"], 6) for t in complete)
 
     report("driver SIGKILL mid-search (sweep --resume)", injected=1, completed=len(children),
            total=TRIALS + 1, lost=lost, duplicated=duplicated,

@@ -64,3 +64,66 @@ def test_version_names_the_package_and_the_commit(capsys):
     line = capsys.readouterr().out.strip()
     # "emmil-bench 0.1.0 (git 6c1ab541ace7)": the installed version, then this checkout's HEAD
     assert line.startswith("emmil-bench ") and f"(git {tracking.git_commit()[:12]})" in line, line
+
+
+def test_a_symlink_below_the_run_folder_is_refused_before_anything_is_written(results_dir, tmp_path):
+    # issue 15.4: report/report.md -> a file outside was overwritten by the report of a resume
+    uri = tracking.default_tracking_uri(results_dir)
+    place = runner.RunPlace(results_dir, "mini", uri, "emmil-mini")
+    runner.open_parent(place, resume=False, kind="ablation", tags={})
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    (place.root / "report").mkdir()
+    (place.root / "report" / "report.md").symlink_to(outside)
+    with pytest.raises(ConfigError, match=r"report/report.md: a symbolic link inside the run folder .*precious.txt"):
+        runner.check_place(place, resume=True)
+    assert outside.read_text() == "keep me"
+
+
+def test_sqlite_uris_keep_every_character_of_the_results_path(tmp_path):
+    # issue 15.6: '?' started a query (mlflow.db landed in the parent folder), '%20' was unescaped
+    from sqlalchemy.engine import make_url
+
+    from harness.optuna_search import default_storage
+
+    odd = tmp_path / "a?b%20c#d e"
+    for uri, name in ((tracking.default_tracking_uri(odd), "mlflow.db"), (default_storage(odd), "optuna.db")):
+        assert make_url(uri).database == str(odd / name) and not make_url(uri).query
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--max-failures", "-1", "--max-failures must be >= 0"),
+])
+def test_resource_flags_out_of_range_exit_2(flag, value, words, tmp_path, capsys):
+    code = main(["ablate", "table3", "--data-dir", str(tmp_path), "--results", str(tmp_path / "r"), flag, value])
+    assert code == 2 and words in capsys.readouterr().err
+
+
+def test_tracking_uri_comes_from_the_environment_like_mlflow(tmp_path, monkeypatch):
+    # issue 14.5: MLFLOW_TRACKING_URI is honoured by ablate/sweep as by report; --tracking-uri wins
+    import argparse
+
+    from harness.cli.ablate import add_arguments, launch_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    env_uri = f"sqlite:///{tmp_path}/env.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
+    base = ["--results", str(tmp_path / "r")]
+    assert launch_from_args(parser.parse_args(base)).tracking_uri == env_uri
+    flag_uri = f"sqlite:///{tmp_path}/flag.db"
+    assert launch_from_args(parser.parse_args([*base, "--tracking-uri", flag_uri])).tracking_uri == flag_uri
+
+
+def test_a_password_reaches_trials_by_environment_only(monkeypatch):
+    # issue 15.2: the trial config (written to disk by Tune) holds the redacted URI
+    monkeypatch.delenv(tracking.TRIAL_URI_ENV, raising=False)
+    full = "http://user:pw-8841@127.0.0.1:5000"
+    target = tracking.TrackingTarget(full, "1", "parent", "emmil-x")
+    sent = target.to_dict()
+    assert sent["uri"] == "http://user:***@127.0.0.1:5000" and "pw-8841" not in str(sent)
+    assert tracking.trial_uri(sent["uri"]) == full  # the trial finds the full URI in its environment
+    monkeypatch.setenv(tracking.TRIAL_URI_ENV, "http://user:other@10.0.0.1:5000")
+    with pytest.raises(ConfigError, match="set for another URI"):
+        tracking.trial_uri(sent["uri"])
+    assert tracking.trial_uri("sqlite:////x/mlflow.db") == "sqlite:////x/mlflow.db"  # nothing secret

@@ -160,14 +160,29 @@ def test_mean_std_and_summary_table_numbers():
     assert "50.00 +-  0.00 (3)" in lines[3]
 
 
-def test_pick_best_prefers_trials_that_ran_every_epoch():
-    rows = [
-        {"val_avg_mAP": 0.9, "epoch": 1, "total_epochs": 3, "search": {"x": 1}},  # stopped early by ASHA
-        {"val_avg_mAP": 0.5, "epoch": 3, "total_epochs": 3, "search": {"x": 2}},
-        {"val_avg_mAP": 0.6, "epoch": 3, "total_epochs": 3, "search": {"x": 3}},
-        {"val_avg_mAP": 0.6, "epoch": 3, "total_epochs": 3, "search": {"x": 4}},  # tie: the earlier wins
-        {"val_avg_mAP": 0.99, "epoch": 3, "total_epochs": 3, "search": {"x": 5}, "error": "crashed"},
-    ]
-    assert pick_best(rows)["search"] == {"x": 3}
-    with pytest.raises(ConfigError, match="no search trial reported val_avg_mAP"):
-        pick_best([{"epoch": 1}])
+def test_pick_best_reads_the_study_and_prefers_trials_that_ran_every_epoch(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    dist = {"x": optuna.distributions.IntDistribution(0, 9)}
+
+    def add(x, value, state, trial_id=None):
+        states = optuna.trial.TrialState
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": x}, distributions=dist, value=value if state == "complete" else None,
+            state={"complete": states.COMPLETE, "pruned": states.PRUNED, "fail": states.FAIL}[state],
+            intermediate_values={1: value}, user_attrs={"trial_id": trial_id} if trial_id else {}))
+
+    with pytest.raises(ConfigError, match="no search trial of study 's' reported val_avg_mAP"):
+        pick_best(url, "s")  # an empty study
+    add(1, 0.9, "pruned")  # stopped early by ASHA: its 0.9 is not a final value
+    only_pruned = pick_best(url, "s")
+    assert only_pruned["value"] == 0.9 and only_pruned["complete"] == 0 and only_pruned["pruned"] == 1
+    add(2, 0.5, "complete")
+    add(3, 0.6, "complete", "s/search/abc")
+    add(4, 0.6, "complete")  # tie: the earlier wins
+    add(5, 0.99, "fail")  # a crashed trial is never picked
+    best = pick_best(url, "s")
+    assert best["params"] == {"x": 3} and best["value"] == 0.6 and best["trial"] == "s/search/abc"
+    assert (best["complete"], best["pruned"]) == (3, 1)

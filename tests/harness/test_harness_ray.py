@@ -77,7 +77,13 @@ def test_ablation_writes_one_parent_and_one_child_per_trial(ablation):
         assert 0.0 <= metrics["test_avg_mAP"] <= 1.0 and "test_mAP_0.50" in metrics
         assert "loss" in metrics and "lr" in metrics
         assert sorted(a.path for a in c.list_artifacts(run.info.run_id)) == [
-            "config.yaml", "metrics.json", "predictions.json", "timelines.json"]
+            "config.yaml", "metrics.json", "model.pt", "predictions.json", "timelines.json"]
+    # the trial's model (--keep-models all, the ablation default) is enough to predict: emmil predict loads it
+    from emmil.model_file import load_model
+
+    model_path = c.download_artifacts(run.info.run_id, "model.pt", str(ablation.root / "downloaded"))
+    loaded = load_model(model_path)
+    assert loaded.config.variant == variant and str(loaded.config.seed) == seed
     assert "full" in ablation.summary and "joint" in ablation.summary and "(2)" in ablation.summary
     # every trial trained on the object store's read-only buffer, not on a private copy of the data
     assert [r["features_zero_copy"] for r in ablation.rows] == [1.0] * 4
@@ -145,22 +151,30 @@ def test_sweep_with_asha_persists_its_study_and_labels_the_stages(ray_cluster, t
     assert outcome.exit_code == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{results}/optuna.db")
     assert len(study.trials) == 4
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert set(study.best_params) == {"search/train.gamma", "search/localize.lam"}
+    assert set(study.best_params) == {"train.gamma", "localize.lam"}  # usable as --set keys
+    states = optuna.trial.TrialState
+    for t in study.trials:  # ASHA-stopped trials are PRUNED in Optuna, as they are KILLED in MLflow
+        assert t.state in (states.COMPLETE, states.PRUNED) and t.user_attrs["mlflow_run_id"]
 
     c, parent, children = _children(outcome)
     search = {k: r for k, r in children.items() if r.data.tags["emmil.stage"] == "search"}
     final = {k: r for k, r in children.items() if r.data.tags["emmil.stage"] == "final-test"}
-    assert len(search) == 4 and list(final) == ["tiny/final-test/s0"]
+    assert len(search) == 4 and len(final) == 1
+    (final_id,) = final
+    assert final_id.startswith("tiny/final-test/") and final_id.endswith("/s0")
     for run in search.values():
         assert "test_avg_mAP" not in run.data.metrics  # never looked at the test split while searching
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_avg_mAP")]
         assert steps == sorted(set(steps)) and steps[0] == 1  # reported every epoch, once
+        optuna_trial = next(t for t in study.trials if t.user_attrs["mlflow_run_id"] == run.info.run_id)
         if run.info.status == "KILLED":  # pruned by ASHA
             assert run.data.tags["emmil.stopped_early"] == "true" and len(steps) < 4
+            assert optuna_trial.state == optuna.trial.TrialState.PRUNED
+            assert optuna_trial.user_attrs["trial_id"] == run.data.tags["emmil.trial_id"]
         else:
             assert run.info.status == "FINISHED" and len(steps) == 4
-    fin = final["tiny/final-test/s0"]
+            assert optuna_trial.state == optuna.trial.TrialState.COMPLETE
+    fin = final[final_id]
     assert fin.info.status == "FINISHED" and "test_avg_mAP" in fin.data.metrics
     assert fin.data.params["train.val_fraction"] == "0.0"  # retrained on the full training split
     best_lam = parent.data.tags["emmil.best.localize.lam"]
