@@ -217,7 +217,7 @@ def _intro(rs: RunSet, command: str | None) -> tuple[str, ...]:
 
 
 def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: str | None = None,
-                   study_name: str | None = None) -> list[Section]:
+                   study_name: str | None = None, baseline: str = tables.BASELINE_VARIANT) -> list[Section]:
     runs = rs.runs
     tables.check_one_run_per_seed(runs)
     blist = tables.blocks(runs)
@@ -229,14 +229,14 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
             sections.append(Section(title, tables=tuple(ts)))
     if not blist:
         sections.append(Section("Table 1: detection mAP", ("No finished trial run with test metrics.",)))
-    sections.append(Section("Table 3: ablation (mAP@0.5)", tables=tuple(tables.ablation_table(k, b, published)
+    sections.append(Section("Table 3: ablation (mAP@0.5)", tables=tuple(tables.ablation_table(k, b, published, baseline)
                                                                       for k, b in blist)))
     sections.append(Section(
-        "Paired differences vs full",
-        ("Is a variant better than 'full'? Per seed s, d_s = variant_s - full_s; mean and 95% t-interval. "
-         "Reference rows (ceiling, oracle, floor) are paired too: their difference measures full's distance "
-         "to them.",),
-        tables=tuple(tables.paired_table(k, b) for k, b in blist)))
+        f"Paired differences vs {baseline}",
+        (f"Is a variant better than '{baseline}' (of the same stage and experiment)? Per seed s, d_s = "
+         f"variant_s - {baseline}_s; mean and 95% t-interval. Reference rows (ceiling, oracle, floor) are paired "
+         f"too: their difference measures {baseline}'s distance to them.",),
+        tables=tuple(tables.paired_table(k, b, baseline) for k, b in blist)))
     sections.append(Section("Completeness", tables=tuple(tables.completeness_table(k, b) for k, b in blist)))
 
     figs = [map_vs_tiou_figure(k, b, published) for k, b in blist]
@@ -268,7 +268,7 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
         storage, name, explicit = optuna_storage, study_name, optuna_storage is not None
         tags = next(iter(rs.parent_tags[p] for p in sweep_parents["run_id"]), {}) if not sweep_parents.empty else {}
         storage = storage or tags.get("emmil.optuna_storage")
-        name = name or tags.get("emmil.study_name")
+        name = name or tags.get("emmil.study") or tags.get("emmil.study_name")  # the sweep tags emmil.study
         if name is None and len(rs.experiments) == 1 and rs.experiments[0].startswith("emmil-sweep-"):
             name = rs.experiments[0][len("emmil-sweep-"):]
         if storage and name:
@@ -276,7 +276,7 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
             paragraphs += notes
         else:
             paragraphs.append("Optuna plots need the study's storage URL and name: pass --optuna-storage URL "
-                              "[--study NAME] (or tag the parent run emmil.optuna_storage / emmil.study_name).")
+                              "[--study NAME] (or tag the parent run emmil.optuna_storage / emmil.study).")
         sections.append(Section("Sweep", tuple(paragraphs), tables=tuple(stables), figures=tuple(figs)))
 
     prov = [tables.provenance_table(runs)] if not runs.empty else []
@@ -292,7 +292,8 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
 
 def build_report(tracking_uri: str, *, experiment: str | None = None, parent_run_id: str | None = None,
                  out_dir, formats: Sequence[str] | str = FORMATS, optuna_storage: str | None = None,
-                 study_name: str | None = None, command: str | None = None) -> Path:
+                 study_name: str | None = None, command: str | None = None,
+                 baseline: str = tables.BASELINE_VARIANT) -> Path:
     """Build the report of one experiment / one parent run / (neither) every emmil-* experiment.
 
     Returns out_dir. User errors (unknown experiment or run, bad format, a finished run missing schema
@@ -301,7 +302,12 @@ def build_report(tracking_uri: str, *, experiment: str | None = None, parent_run
     fmts = parse_formats(formats)
     rs = load_runs(tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
     published = tables.load_published()
-    sections = build_sections(rs, published, optuna_storage=optuna_storage, study_name=study_name)
+    variants = sorted(set(rs.runs["variant"])) if not rs.runs.empty else []
+    if baseline != tables.BASELINE_VARIANT and baseline not in variants:
+        raise ConfigError(f"--baseline {baseline!r}: no finished trial run of that variant in {', '.join(rs.experiments)}"
+                          f" (variants: {', '.join(variants) or 'none'})")
+    sections = build_sections(rs, published, optuna_storage=optuna_storage, study_name=study_name,
+                              baseline=baseline)
     what = f"parent run {parent_run_id}" if parent_run_id else ", ".join(rs.experiments)
     report = Report(f"EM-MIL bench report: {what}", _intro(rs, command), tuple(sections))
     out = Path(out_dir)

@@ -151,11 +151,28 @@ def file_key(*parts: str) -> str:
 
 
 # ---------------------------------------------------------------- grouping
+STAGE_SEPARATOR = " · "  # between experiment and stage in a row key when a block mixes experiments
+
+
 def blocks(runs: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
-    """The runs split by (dataset, data_source, eval_protocol), in a stable order."""
+    """The runs split by (dataset, data_source, eval_protocol), in a stable order. A block holding runs of
+    several experiments (e.g. `emmil report` over every emmil-* experiment) qualifies each stage by its
+    experiment (`table3 · ablation`): rows, baselines and pairs then stay inside one experiment, and two
+    `full` rows of two experiments are never merged nor compared with each other (issue 14.6)."""
     if runs.empty:
         return []
-    return [(key, df) for key, df in runs.groupby(list(BLOCK_KEYS), sort=True)]
+    out = []
+    for key, df in runs.groupby(list(BLOCK_KEYS), sort=True):
+        if "experiment" in df and df["experiment"].nunique() > 1:
+            names = [str(e).removeprefix("emmil-") for e in df["experiment"]]
+            df = df.assign(stage=[f"{e}{STAGE_SEPARATOR}{st}" for e, st in zip(names, df["stage"])])
+        out.append((key, df))
+    return out
+
+
+def stage_kind(stage: str) -> str:
+    """`ablation` / `search` / `final-test` of a (possibly experiment-qualified) stage."""
+    return stage.rsplit(STAGE_SEPARATOR, 1)[-1]
 
 
 def config_variant(group: pd.DataFrame) -> str:
@@ -261,6 +278,8 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _has_search_stages(runs: pd.DataFrame) -> bool:
+    """Whether a table needs its Stage column: some row is not a plain ablation trial (a sweep's stage, or
+    a stage qualified by its experiment)."""
     return bool((runs["stage"] != "ablation").any())
 
 
@@ -398,28 +417,28 @@ class BaselineChoice:
     note: str
 
 
-def choose_baseline(block: pd.DataFrame, stage: str) -> BaselineChoice:
-    """The `full` method row group of a stage; with several configs, the one with most seeds (stated)."""
-    fulls = [(k, g) for k, g in row_groups(block)
-             if k[0] == stage and k[1] == BASELINE_VARIANT and row_role(g) == METHOD_ROLE]
+def choose_baseline(block: pd.DataFrame, stage: str, baseline: str = BASELINE_VARIANT) -> BaselineChoice:
+    """The `baseline` row group of a stage (a variant as tagged, `full` by default; `emmil report
+    --baseline`); with several configs, the one with most seeds (stated)."""
+    fulls = [(k, g) for k, g in row_groups(block) if k[0] == stage and k[1] == baseline]
     if not fulls:
-        return BaselineChoice(None, f"stage {stage}: no '{BASELINE_VARIANT}' runs, so no paired differences")
+        return BaselineChoice(None, f"stage {stage}: no '{baseline}' runs, so no paired differences")
     best = max(fulls, key=lambda kg: len(kg[1]))
     note = "" if len(fulls) == 1 else (
-        f"stage {stage}: {len(fulls)} '{BASELINE_VARIANT}' configurations; compared against cfg {best[0][2]} "
+        f"stage {stage}: {len(fulls)} '{baseline}' configurations; compared against cfg {best[0][2]} "
         f"(most seeds, n={len(best[1])})")
     return BaselineChoice(best[0], note)
 
 
-def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
-    """Each row group (reference rows too, after the methods) minus `full`, paired by seed: mean difference
-    (points) and 95% t-interval."""
+def paired_table(key: tuple[str, str, str], block: pd.DataFrame, baseline: str = BASELINE_VARIANT) -> Table:
+    """Each row group (reference rows too, after the methods) minus the `baseline` variant of its stage
+    (`full` by default), paired by seed: mean difference (points) and 95% t-interval."""
     dataset, data_source, protocol = key
     labels = row_labels(block)
     groups = dict(row_groups(block))
     rows, data, notes, roles = [], [], [], []
     for stage in sorted({k[0] for k in groups}):
-        choice = choose_baseline(block, stage)
+        choice = choose_baseline(block, stage, baseline)
         if choice.note:
             notes.append(choice.note)
         if choice.key is None:
@@ -445,7 +464,7 @@ def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
                              "seeds": " ".join(map(str, d.seeds)),
                              "mean_diff": d.mean, "std_diff": d.std, "ci_low": d.low, "ci_high": d.high})
     if not rows and not notes:
-        notes.append(f"only '{BASELINE_VARIANT}' runs in this block: nothing to compare against it.")
+        notes.append(f"only '{baseline}' runs in this block: nothing to compare against it.")
     # rows were added stage by stage: put the reference rows after every method row (stable inside each)
     order = sorted(range(len(rows)), key=lambda i: roles[i] != METHOD_ROLE)
     rows, data, roles = [rows[i] for i in order], [data[i] for i in order], [roles[i] for i in order]
@@ -458,10 +477,10 @@ def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
     ] + notes + list(reference_notes(block))
     if first_ref is not None:
         notes.append("A reference row's difference is a distance, not a verdict on a method: how far "
-                     f"'{BASELINE_VARIANT}' is below the ceiling / oracle, how far above the floor.")
+                     f"'{baseline}' is below the ceiling / oracle, how far above the floor.")
     return Table(
         key=block_key("paired", key),
-        title=f"Paired differences vs '{BASELINE_VARIANT}' ({DATASET_TITLES[dataset]}, {data_source})",
+        title=f"Paired differences vs '{baseline}' ({DATASET_TITLES[dataset]}, {data_source})",
         columns=("Variant", "Baseline", "Data", "Metric", "n pairs", "Mean diff (pts)", "95% CI (pts)", "Verdict"),
         rows=tuple(rows), notes=tuple(notes), rule_before=() if first_ref is None else (first_ref,),
         data=pd.DataFrame(data),
@@ -469,10 +488,14 @@ def paired_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
 
 
 # ---------------------------------------------------------------- Table 3 (ablation)
-def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Published) -> Table:
-    """Table 3 style: mAP@0.5 per variant, the paper's 24.5 / 26.8 / 30.5 (THUMOS14, real I3D) beside it;
-    the fraction of ceiling and the gate's classification mAP; reference rows after the methods."""
+def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Published,
+                   baseline: str = BASELINE_VARIANT) -> Table:
+    """Table 3 style: mAP@0.5 per variant, the paper's 24.5 / 26.8 / 30.5 (THUMOS14, real I3D) beside the
+    ablation trials of those variants (not beside a sweep's tuned configuration); the difference to the
+    `baseline` variant of the same stage, the fraction of ceiling and the gate's classification mAP;
+    reference rows after the methods; a Stage column when rows come from several stages or experiments."""
     dataset, data_source, protocol = key
+    show_stage = _has_search_stages(block)
     labels = row_labels(block)
     groups = dict(row_groups(block))
     fractions, fraction_notes = row_fractions(block)
@@ -480,34 +503,40 @@ def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Pu
     for rkey, group in groups.items():
         variant = rkey[1]
         role = row_role(group)
-        is_paper_row = dataset == "thumos14" and role == METHOD_ROLE  # reference rows have no paper number
+        # the paper's number only beside an ablation trial of the paper's variant: a sweep's tuned config
+        # tagged `full` is not the paper's Full Model, and reference rows have no paper number
+        is_paper_row = (dataset == "thumos14" and role == METHOD_ROLE and stage_kind(rkey[0]) == "ablation"
+                        and config_variant(group) == variant)
         paper = published.ablation.get(variant) if is_paper_row else None
-        choice = choose_baseline(block, rkey[0])
+        choice = choose_baseline(block, rkey[0], baseline)
         diff = ""
         if choice.key is not None and rkey != choice.key:
             d = paired_difference(seed_map(group, "test_mAP_0.50"), seed_map(groups[choice.key], "test_mAP_0.50"))
             diff = (f"{signed_pct(d.mean)} [{signed_pct(d.low)}, {signed_pct(d.high)}] (n={d.n})" if d.has_ci
                     else "" if d.n == 0 else f"{signed_pct(d.mean)} (n={d.n}, no CI)")
         rows.append((labels[rkey], published.ablation_names.get(variant, "") if is_paper_row else "",
-                     data_source, str(len(group)), pct_mean_std(metric_values(group, "test_mAP_0.50")), diff,
+                     data_source, *([rkey[0]] if show_stage else []), str(len(group)), pct_mean_std(metric_values(group, "test_mAP_0.50")), diff,
                      "" if paper is None else f"{paper:.1f}", fraction_text(fractions[rkey]),
                      pct_mean_std(metric_values(group, CLS_METRIC))))
         data.append({"variant": labels[rkey], "role": role, "config_variant": config_variant(group),
-                     "data": data_source, "n": len(group),
+                     "data": data_source, "stage": rkey[0], "n": len(group),
                      "test_mAP_0.50": mean_std(metric_values(group, "test_mAP_0.50")).mean,
                      "paper_mAP_0.50": math.nan if paper is None else paper / 100,
                      "fraction_of_ceiling": fractions[rkey],
                      CLS_METRIC: mean_std(metric_values(group, CLS_METRIC)).mean})
     paper_col = f"Paper mAP@0.5 ({published.data_label})"
     notes = _synthetic_note(data_source, published.data_label) + (
-        f"Paper column: {published.ablation_source}; only THUMOS14 has published ablation numbers.",
+        f"Paper column: {published.ablation_source}; only THUMOS14 has published ablation numbers, shown only "
+        "beside ablation trials of the paper's variants (never beside a sweep's tuned configuration).",
+        f"vs {baseline}: paired by seed against the '{baseline}' row of the same stage.",
         "Fraction of ceiling is on avg mAP (not mAP@0.5); gate cls mAP: test_cls_mAP (%), mean ± std over seeds.",
     ) + reference_notes(block) + fraction_notes
     ref_rule = reference_rule(block)
     return Table(
         key=block_key("table3", key),
         title=f"Table 3 style ablation: {DATASET_TITLES[dataset]} mAP@0.5 (%) per variant, this bench on {data_source}",
-        columns=("Variant", "Paper row", "Data", "n", "mAP@0.5 (this bench)", "vs full: diff [95% CI]", paper_col,
+        columns=("Variant", "Paper row", "Data", *(("Stage",) if show_stage else ()), "n", "mAP@0.5 (this bench)",
+                 f"vs {baseline}: diff [95% CI]", paper_col,
                  "fraction of ceiling", "gate cls mAP"),
         rows=tuple(rows), notes=notes, rule_before=() if ref_rule is None else (ref_rule,), data=pd.DataFrame(data),
     )

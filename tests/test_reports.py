@@ -313,10 +313,13 @@ def test_sweep_report_has_search_table_and_optuna_plots(store, tmp_path):
 
     uri, tr = store
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="lr", storage=storage, direction="maximize",
+    # the study's name differs from the experiment's, and the parent is tagged as `emmil sweep` tags it
+    # (emmil.study, emmil.optuna_storage): the report must find the study from those tags (issue 14.6)
+    study = optuna.create_study(study_name="lr-study", storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     exp = tr.experiment("emmil-sweep-lr")
-    parent = tr.parent(exp, kind="sweep", experiment="lr", dataset="thumos14", source=SYNTH)
+    parent = tr.parent(exp, kind="sweep", experiment="lr", dataset="thumos14", source=SYNTH,
+                       extra={"emmil.study": "lr-study", "emmil.optuna_storage": storage})
     for i in range(6):
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-5, 1e-3, log=True)
@@ -334,6 +337,8 @@ def test_sweep_report_has_search_table_and_optuna_plots(store, tmp_path):
     assert "## Sweep" in md and "6 search trials" in md and "| Stage |" in md and "final-test" in md
     assert (out / "figures" / "optuna_history.png").is_file() and (out / "figures" / "optuna_importances.png").is_file()
     assert not (out / "report.tex").exists() and not (out / "runs.csv").exists()  # only the formats asked for
+    tagged = build_report(uri, parent_run_id=parent, out_dir=tmp_path / "tagged", formats=("md",))
+    assert (tagged / "figures" / "optuna_history.png").is_file()  # storage and study from the parent's tags
     # The best search trial (highest last val_avg_mAP) is listed first.
     best = max(study.trials, key=lambda t: t.value)
     first_row = md.split("| Trial | Run |")[1].split("\n")[2]
@@ -356,6 +361,9 @@ def test_cli_writes_the_report_and_exits_2_on_bad_input(store, tmp_path, capsys)
     assert f"Report command: emmil report --experiment cli --tracking-uri {uri} --out {out}" in md
     assert main(["report", "--run-id", "0" * 32, "--tracking-uri", uri, "--out", str(out)]) == 2
     assert "no such run" in capsys.readouterr().err
+    assert main(["report", "--experiment", "cli", "--tracking-uri", uri, "--out", str(out), "--baseline", "jiont"]) == 2
+    assert "--baseline 'jiont': no finished trial run of that variant in emmil-cli (variants: full)" in \
+        capsys.readouterr().err
 
 
 def test_reference_rows_fraction_of_ceiling_and_gate_column(built):

@@ -231,3 +231,43 @@ def test_a_stage_without_its_own_ceiling_uses_the_blocks_and_says_so():
     assert [r[:3] for r in t.rows[:2]] == [("full", SRC, "final-test"), ("ceiling: supervised", SRC, "ablation")]
     assert _column(t, "fraction of ceiling")["full"] == "0.50"
     assert any(n.startswith("stage final-test has no ceiling run") for n in t.notes)
+
+
+def test_rows_keep_their_experiment_and_stage_and_the_paper_column_only_beside_ablation_trials():
+    """Issue 14.6: a report over several experiments put a sweep's tuned `full` in Table 3 as the paper's
+    'Full Model | 30.5' with no stage column, and paired one experiment's rows against another's `full`."""
+    from reports.tables import ablation_table, blocks, load_published, paired_table
+
+    pub = load_published()
+    # table3: full 0.20, 0.30; joint 0.30, 0.40 (joint - full = +0.10 per seed: interval [+10.0, +10.0]).
+    # sweep: final-test `full` (a tuned config) 0.50, 0.60. schedule: paper-schedule 0.20, 0.30 and its own
+    # full 0.10, 0.20 (paper-schedule - full = +0.10 per seed); it must NOT be paired with table3's full (+0.0).
+    t3 = _block([("full", "full", 0, 0.20, 0.8), ("full", "full", 1, 0.30, 0.8),
+                 ("joint", "joint", 0, 0.30, 0.8), ("joint", "joint", 1, 0.40, 0.8)]).assign(experiment="emmil-table3")
+    sw = _block([("full", "full", 0, 0.50, 0.8), ("full", "full", 1, 0.60, 0.8)],
+                stage="final-test").assign(experiment="emmil-sweep-x", config_group="cfg-tuned")
+    sc = _block([("paper-schedule", "full", 0, 0.20, 0.8), ("paper-schedule", "full", 1, 0.30, 0.8),
+                 ("full", "full", 0, 0.10, 0.8), ("full", "full", 1, 0.20, 0.8)]).assign(experiment="emmil-schedule")
+    runs = pd.concat([t3, sw, sc], ignore_index=True).assign(run_id=lambda d: [f"r{i}" for i in range(len(d))])
+    [(key, block)] = blocks(runs)
+    assert set(block["stage"]) == {"table3 · ablation", "sweep-x · final-test", "schedule · ablation"}
+    t = ablation_table(key, block, pub)
+    stage, paper = _column(t, "Stage"), _column(t, "Paper mAP@0.5 (paper, real I3D features)")
+    rows = [(r[0], r[t.columns.index("Stage")]) for r in t.rows]
+    assert ("full", "sweep-x · final-test") in rows and ("full", "table3 · ablation") in rows
+    by_row = {(r[0], r[t.columns.index("Stage")]): r for r in t.rows}
+    col = t.columns.index("Paper mAP@0.5 (paper, real I3D features)")
+    assert by_row[("full", "sweep-x · final-test")][col] == ""  # the tuned config is not the paper's row
+    assert by_row[("full", "sweep-x · final-test")][1] == ""  # nor labelled 'Full Model'
+    assert by_row[("full", "table3 · ablation")][col] == "30.5"
+    assert by_row[("paper-schedule", "schedule · ablation")][col] == ""  # a variant the paper has no row for
+    assert stage and paper  # both columns exist
+    p = paired_table(key, block)
+    pairs = {(r[0], r[1]): r for r in p.rows if r[3] == "mAP@0.5"}
+    assert set(pairs) == {("joint", "full"), ("paper-schedule", "full")}
+    assert pairs[("paper-schedule", "full")][5:7] == ("+10.0", "[+10.0, +10.0]")  # against schedule's own full
+    # --baseline joint: joint is the reference of its stage; the other experiments have none and say so
+    pj = paired_table(key, block, "joint")
+    assert [(r[0], r[1], r[5]) for r in pj.rows if r[3] == "mAP@0.5"] == [("full", "joint", "-10.0")]
+    assert "stage schedule · ablation: no 'joint' runs, so no paired differences" in pj.notes
+    assert "vs joint: diff [95% CI]" in ablation_table(key, block, pub, "joint").columns

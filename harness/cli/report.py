@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Optuna RDB storage URL of a sweep's study (optimisation history, importances)")
     parser.add_argument("--study", metavar="NAME", default=None,
                         help="Optuna study name (default: the parent run's tags, or NAME of emmil-sweep-NAME)")
+    parser.add_argument("--baseline", metavar="VARIANT", default="full",
+                        help="variant the paired differences and Table 3's diff column compare against, inside "
+                             "each stage and experiment (default: full)")
 
 
 def _absolute_uri(uri: str) -> str:
@@ -43,7 +46,7 @@ def _command_line(args: argparse.Namespace, uri: str) -> str:
     parts = ["emmil", "report"]
     for flag, value in (("--experiment", args.experiment), ("--run-id", args.run_id), ("--tracking-uri", uri),
                         ("--out", args.out), ("--format", args.format), ("--optuna-storage", args.optuna_storage),
-                        ("--study", args.study)):
+                        ("--study", args.study), ("--baseline", None if args.baseline == "full" else args.baseline)):
         if value is not None:
             parts += [flag, shlex.quote(str(value))]
     return " ".join(parts)
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"report-{args.experiment or (args.run_id or 'all')[:12]}")
     command = _command_line(args, uri)
     path = build_report(uri, experiment=args.experiment, parent_run_id=args.run_id, out_dir=out, formats=formats,
-                        optuna_storage=args.optuna_storage, study_name=args.study, command=command)
+                        optuna_storage=args.optuna_storage, study_name=args.study, command=command,
+                        baseline=args.baseline)
     for name in ("report.md", "report.html", "report.tex", "runs.csv"):
         if (path / name).is_file():
             print(path / name)
