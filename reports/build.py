@@ -207,10 +207,14 @@ def _intro(rs: RunSet, command: str | None) -> tuple[str, ...]:
         "Data sources measured here: " + ("; ".join(sources) if sources else "(none)") + ". Each table covers one "
         "dataset, one data source and one evaluation protocol; rows from different ones are never merged.",
     ]
-    if any(not s.startswith("real") for s in sources):
+    if any(s.startswith("semi-synthetic") for s in sources):
         lines.append("WARNING: rows measured on semi-synthetic features are a benchmark of the method on "
                      "generated data, not a reproduction of the paper's numbers (which are marked 'paper, real "
                      "I3D features').")
+    if any(not s.startswith(("real", "semi-synthetic")) for s in sources):
+        lines.append("WARNING: some rows were measured on features of unverified origin (not declared real with "
+                     "--real-features, not marked synthetic by a SYNTHETIC.json): what they measure depends on "
+                     "what those features are; compare them with the paper's numbers only once you know.")
     if command:
         lines.append(f"Report command: {redact(command)}")
     return tuple(lines)

@@ -286,6 +286,12 @@ def _has_search_stages(runs: pd.DataFrame) -> bool:
 def _synthetic_note(data_source: str, data_label: str) -> tuple[str, ...]:
     if data_source.startswith("real"):
         return (f"This bench's rows: {data_source}.",)
+    if not data_source.startswith("semi-synthetic"):
+        return (
+            f"This bench's rows were measured on: {data_source}: neither declared real I3D features "
+            "(--real-features) nor marked semi-synthetic; the rows marked "
+            f"'{data_label}' are published numbers, comparable only if these are the same features.",
+        )
     return (
         f"This bench's rows were measured on: {data_source}. They are NOT a reproduction of the paper; "
         f"the rows marked '{data_label}' are published numbers on the real features, shown for context.",

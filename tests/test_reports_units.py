@@ -271,3 +271,15 @@ def test_rows_keep_their_experiment_and_stage_and_the_paper_column_only_beside_a
     assert [(r[0], r[1], r[5]) for r in pj.rows if r[3] == "mAP@0.5"] == [("full", "joint", "-10.0")]
     assert "stage schedule · ablation: no 'joint' runs, so no paired differences" in pj.notes
     assert "vs joint: diff [95% CI]" in ablation_table(key, block, pub, "joint").columns
+
+
+def test_unverified_features_are_not_called_semi_synthetic_or_real():
+    from reports.tables import _synthetic_note
+
+    unverified = _synthetic_note("user-provided features (unverified)", "paper, real I3D features")
+    assert len(unverified) == 1 and "neither declared real I3D features" in unverified[0]
+    assert "semi-synthetic" in unverified[0] and "NOT a reproduction" not in unverified[0]
+    synth = _synthetic_note("semi-synthetic (emmil synth v2, dim 64)", "paper, real I3D features")
+    assert "NOT a reproduction of the paper" in synth[0]
+    assert _synthetic_note("real I3D features (W-TALC release, declared by the user)", "x") == (
+        "This bench's rows: real I3D features (W-TALC release, declared by the user).",)
