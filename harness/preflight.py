@@ -57,6 +57,48 @@ def check_tracking_uri(uri: str | None, timeout: float = PROBE_TIMEOUT_S) -> Non
         path = unquote(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ""  # as SQLAlchemy reads it
         if path and not Path(path).parent.is_dir():  # sqlite:////abs/file -> /abs/file
             raise ConfigError(f"--tracking-uri {shown}: folder of the SQLite file does not exist")
+        if path:
+            check_sqlite_file(Path(path), f"--tracking-uri {shown}")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+
+
+def check_sqlite_file(path: Path, what: str) -> None:
+    """An existing, non-empty file a SQLite URL points at must be a SQLite database: another file (a
+    text file, a results JSON) gave SQLAlchemy's 'file is not a database' traceback (issue 15.8)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return  # created by the store on first use (a folder is refused by SQLite itself, by name)
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    if head != SQLITE_MAGIC:
+        raise ConfigError(f"{what}: {path} is not a SQLite database (it does not start with the SQLite header); "
+                          "point the URL at a new file or an existing store")
+
+
+def check_optuna_storage(url: str) -> None:
+    """`emmil sweep --storage`: an SQLAlchemy URL Optuna can open, checked before the parent run opens
+    (garbage gave a traceback and left the parent run RUNNING, issue 15.8)."""
+    from urllib.parse import unquote
+
+    from harness.tracking import redact_uri
+
+    shown = redact_uri(url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises ArgumentError (and ValueError for bad ports)
+        raise ConfigError(f"--storage {shown}: not a database URL; expected an SQLAlchemy URL such as "
+                          "sqlite:////abs/path/optuna.db or postgresql://user@host/db") from None
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        path = Path(unquote(parsed.database))
+        if not path.parent.is_dir():
+            raise ConfigError(f"--storage {shown}: folder of the SQLite file does not exist")
+        check_sqlite_file(path, f"--storage {shown}")
 
 
 def check_ray_address(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> None:

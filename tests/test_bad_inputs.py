@@ -185,6 +185,37 @@ def _file_in_the_way(tmp: Path, synth: Path) -> list[str]:
 
 
 
+def _not_a_database(tmp: Path) -> str:
+    (tmp / "notes.txt").write_text("not a database\n")
+    return f"sqlite:///{tmp / 'notes.txt'}"
+
+
+def _train_out_is_a_file(tmp: Path, synth: Path) -> list[str]:
+    (tmp / "run").write_text("a file where the run folder goes")
+    return train()(tmp, synth)
+
+
+def _report_out_is_a_file(tmp: Path, synth: Path) -> list[str]:
+    import mlflow
+
+    mlflow.MlflowClient(f"sqlite:///{tmp / 'm.db'}").search_experiments()  # an empty, valid store
+    (tmp / "rep").write_text("a file where the report folder goes")
+    return ["report", "--tracking-uri", f"sqlite:///{tmp / 'm.db'}", "--out", str(tmp / "rep")]
+
+
+def _ablate_tracking_not_a_database(tmp: Path, synth: Path) -> list[str]:
+    return ablate("--tracking-uri", _not_a_database(tmp))(tmp, synth)
+
+
+def _report_tracking_not_a_database(tmp: Path, synth: Path) -> list[str]:
+    return ["report", "--tracking-uri", _not_a_database(tmp), "--out", str(tmp / "rep")]
+
+
+def _sweep_storage_not_a_database(tmp: Path, synth: Path) -> list[str]:
+    return sweep(_space({"distribution": "uniform", "low": 0.0, "high": 0.3}), "--storage", _not_a_database(tmp))(
+        tmp, synth)
+
+
 # issue 15 (items 3, 6, 8): memory bombs, non-finite values, huge seeds, tracebacks
 ALIAS_BOMB = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["x"] * 9) + "]\n" for i in range(9))
 ALIAS_BOMB += "train:\n  gamma: *l8\n"  # 9**9 = 387M leaves if expanded (or repr'd in the message)
@@ -327,6 +358,17 @@ CASES: dict[str, tuple[Callable, int, list[str]]] = {
     "seed-above-numpy-range": (train("--seed", str(2**32)), 2,
                                [r"config key 'seed' = 4294967296: must be in \[0, 4294967295\]"]),
     "experiment-too-many-seeds": (ablate("--seeds", "10000000000"), 2, [r"--seeds must be in \[1, 1000\], got 10000000000"]),
+    # issue 15.8: tracebacks that reached the user
+    "train-out-is-a-file": (_train_out_is_a_file, 2, [r"--out .*run: is a file, expected a run directory"]),
+    "report-out-is-a-file": (_report_out_is_a_file, 2, [r"--out .*rep: is a file, expected a report directory"]),
+    "ablate-tracking-uri-not-a-database": (_ablate_tracking_not_a_database, 2,
+                                           [r"--tracking-uri sqlite:///.*notes\.txt: .*notes\.txt is not a SQLite database"]),
+    "report-tracking-uri-not-a-database": (_report_tracking_not_a_database, 2,
+                                           [r"--tracking-uri sqlite:///.*notes\.txt: .*notes\.txt is not a SQLite database"]),
+    "sweep-storage-garbage": (sweep(_space({"distribution": "uniform", "low": 0.0, "high": 0.3}), "--storage", "garbage"),
+                              2, [r"--storage garbage: not a database URL"]),
+    "sweep-storage-not-a-database": (_sweep_storage_not_a_database, 2,
+                                     [r"--storage sqlite:///.*notes\.txt: .*notes\.txt is not a SQLite database"]),
 }
 
 

@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
     uri = _absolute_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"--tracking-uri {uri}: no such SQLite file (nothing has been tracked there)")
+    from harness.preflight import check_tracking_uri
+
+    check_tracking_uri(uri)  # a file that is not a database, a server nobody listens on: named, no traceback
     out = args.out or Path(f"report-{args.experiment or (args.run_id or 'all')[:12]}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, expected a report directory")
     command = _command_line(args, uri)
     path = build_report(uri, experiment=args.experiment, parent_run_id=args.run_id, out_dir=out, formats=formats,
                         optuna_storage=args.optuna_storage, study_name=args.study, command=command,

@@ -78,6 +78,9 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
     base = resolve_config(dataset, preset=preset, overrides={**launch.overrides, **space.fixed})
     max_epochs = base.train.epochs
     storage_url = storage or osearch.default_storage(launch.results)
+    from harness.preflight import check_optuna_storage
+
+    check_optuna_storage(storage_url)  # before any run opens
     uri = launch.tracking_uri or tracking.default_tracking_uri(launch.results)
     place = runner.RunPlace(launch.results, f"sweep-{study}", uri, f"emmil-sweep-{study}")
     command = command or runner.command_line()

@@ -41,8 +41,11 @@ def format_table(metrics: dict, dataset: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from emmil.config import parse_set_args, resolve_config
     from emmil.data.loading import load_dataset
+    from emmil.errors import ConfigError
     from emmil.train import train_run
 
     overrides = parse_set_args(args.overrides)
@@ -52,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
                             config_file=args.config, overrides=overrides)
     from harness.cli.data_options import data_kwargs
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before minutes of training, not after
+        raise ConfigError(f"--out {args.out}: is a file, expected a run directory")
     dataset = load_dataset(args.dataset, args.data_dir, args.layout, **data_kwargs(args))
     print(f"data: {dataset.source} ({len(dataset.videos)} videos, {dataset.features.shape[0]} clips)", file=sys.stderr)
     metrics = train_run(config, dataset, args.out, progress=not args.no_progress)
