@@ -364,7 +364,12 @@ def summary_table(rows: list[Mapping[str, Any]], group: str = "variant",
         cells = []
         for m in metrics:
             mean, std, n = mean_std([r.get(m) for r in groups[name]])
-            cells.append(f"{'-':>20}" if n == 0 else f"{100 * mean:9.2f} +- {100 * std:5.2f} ({n})".rjust(20))
+            if n == 0:
+                cells.append(f"{'-':>20}")
+            elif n == 1:  # one trial has no spread: print no '+- 0.00' that reads as a measured std
+                cells.append(f"{100 * mean:9.2f} (1)".rjust(20))
+            else:
+                cells.append(f"{100 * mean:9.2f} +- {100 * std:5.2f} ({n})".rjust(20))
         lines.append(f"{name:<{width}}  {len(groups[name]):>6}  " + "  ".join(cells))
     lines.append("(percent; mean +- sample std over seeds, (n) = trials with the metric)")
     return "\n".join(lines)

@@ -158,6 +158,9 @@ def test_mean_std_and_summary_table_numbers():
     assert lines[2].split()[1] == "1" and lines[2].count("-") >= 2
     assert "30.00 +- 10.00 (3)" in lines[3]
     assert "50.00 +-  0.00 (3)" in lines[3]
+    # one trial: its mean and (1), no '+- 0.00' posing as a measured spread (issue 14.10)
+    one = summary_table([{"variant": "full", "test_avg_mAP": 0.25, "test_mAP_0.50": 0.5}], order=["full"])
+    assert "25.00 (1)" in one and "+-" not in one.splitlines()[2]
 
 
 def test_pick_best_reads_the_study_and_prefers_trials_that_ran_every_epoch(tmp_path):
