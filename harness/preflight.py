@@ -82,8 +82,6 @@ def check_sqlite_file(path: Path, what: str) -> None:
 def check_optuna_storage(url: str) -> None:
     """`emmil sweep --storage`: an SQLAlchemy URL Optuna can open, checked before the parent run opens
     (garbage gave a traceback and left the parent run RUNNING, issue 15.8)."""
-    from urllib.parse import unquote
-
     from harness.tracking import redact_uri
 
     shown = redact_uri(url)
@@ -95,7 +93,7 @@ def check_optuna_storage(url: str) -> None:
         raise ConfigError(f"--storage {shown}: not a database URL; expected an SQLAlchemy URL such as "
                           "sqlite:////abs/path/optuna.db or postgresql://user@host/db") from None
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        path = Path(unquote(parsed.database))
+        path = Path(parsed.database)  # make_url has already percent-decoded it, as SQLAlchemy opens it
         if not path.parent.is_dir():
             raise ConfigError(f"--storage {shown}: folder of the SQLite file does not exist")
         check_sqlite_file(path, f"--storage {shown}")

@@ -277,7 +277,7 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _has_search_stages(runs: pd.DataFrame) -> bool:
+def _needs_stage_column(runs: pd.DataFrame) -> bool:
     """Whether a table needs its Stage column: some row is not a plain ablation trial (a sweep's stage, or
     a stage qualified by its experiment)."""
     return bool((runs["stage"] != "ablation").any())
@@ -373,7 +373,7 @@ def map_table(key: tuple[str, str, str], block: pd.DataFrame, published: Publish
     the fraction of ceiling and the gate's classification mAP; reference rows after the methods."""
     dataset, data_source, protocol = key
     spec = MAP_COLUMNS[dataset]
-    show_stage = _has_search_stages(block)
+    show_stage = _needs_stage_column(block)
     columns = (("Method", "Data") + (("Stage",) if show_stage else ()) + ("n",) + tuple(h for _, h, _ in spec)
                + ("fraction of ceiling", "gate cls mAP"))
     labels = row_labels(block)
@@ -501,7 +501,7 @@ def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Pu
     `baseline` variant of the same stage, the fraction of ceiling and the gate's classification mAP;
     reference rows after the methods; a Stage column when rows come from several stages or experiments."""
     dataset, data_source, protocol = key
-    show_stage = _has_search_stages(block)
+    show_stage = _needs_stage_column(block)
     labels = row_labels(block)
     groups = dict(row_groups(block))
     fractions, fraction_notes = row_fractions(block)
@@ -521,7 +521,8 @@ def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Pu
             diff = (f"{signed_pct(d.mean)} [{signed_pct(d.low)}, {signed_pct(d.high)}] (n={d.n})" if d.has_ci
                     else "" if d.n == 0 else f"{signed_pct(d.mean)} (n={d.n}, no CI)")
         rows.append((labels[rkey], published.ablation_names.get(variant, "") if is_paper_row else "",
-                     data_source, *([rkey[0]] if show_stage else []), str(len(group)), pct_mean_std(metric_values(group, "test_mAP_0.50")), diff,
+                     data_source, *([rkey[0]] if show_stage else []), str(len(group)),
+                     pct_mean_std(metric_values(group, "test_mAP_0.50")), diff,
                      "" if paper is None else f"{paper:.1f}", fraction_text(fractions[rkey]),
                      pct_mean_std(metric_values(group, CLS_METRIC))))
         data.append({"variant": labels[rkey], "role": role, "config_variant": config_variant(group),

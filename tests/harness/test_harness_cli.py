@@ -89,6 +89,14 @@ def test_sqlite_uris_keep_every_character_of_the_results_path(tmp_path):
     odd = tmp_path / "a?b%20c#d e"
     for uri, name in ((tracking.default_tracking_uri(odd), "mlflow.db"), (default_storage(odd), "optuna.db")):
         assert make_url(uri).database == str(odd / name) and not make_url(uri).query
+    # the --storage check finds the same folder (decoding once more would look for 'a?b c#d e' instead)
+    from harness.preflight import check_optuna_storage
+
+    odd.mkdir()
+    check_optuna_storage(default_storage(odd))
+    (odd / "optuna.db").write_text("not a database")
+    with pytest.raises(ConfigError, match=r"a\?b%20c#d e/optuna\.db is not a SQLite database"):
+        check_optuna_storage(default_storage(odd))
 
 
 @pytest.mark.parametrize("flag, value, words", [
