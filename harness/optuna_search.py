@@ -9,7 +9,7 @@ Only the driver writes to the study (Ray Tune's OptunaSearch runs in the driver)
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from emmil.errors import ConfigError
 from harness.experiments import Param, SearchSpace, sample_point
@@ -85,6 +85,20 @@ def _searcher_class():
     from ray.tune.search.optuna import OptunaSearch
 
     class EmmilOptunaSearch(OptunaSearch):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._keyed: set[str] = set()  # Tune trial ids whose Optuna trial already carries `trial_id`
+
+        def on_trial_result(self, trial_id, result):
+            super().on_trial_result(trial_id, result)
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and result.get("trial_key") and trial_id not in self._keyed:
+                # at the first report, not only at the end: a driver killed between a trial's last epoch
+                # and Tune's completion callback leaves the trial RUNNING in the study, and the resume
+                # finds its state file by this attribute (settle_running_trials)
+                ot_trial.set_user_attr("trial_id", str(result["trial_key"]))
+                self._keyed.add(trial_id)
+
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is None or trial_id in self._completed_trials:
@@ -125,23 +139,35 @@ def finished_trials(storage_url: str, study_name: str) -> int:
     return len(study.get_trials(deepcopy=False, states=done))
 
 
-def fail_orphaned_trials(storage_url: str, study_name: str) -> int:
-    """Mark FAIL the study's trials still RUNNING once the search has returned; returns how many.
+def settle_running_trials(storage_url: str, study_name: str,
+                          finished_report: Callable[[str], Mapping[str, Any] | None] | None = None) -> tuple[int, int]:
+    """Settle the study's trials still RUNNING when no search runs; returns (completed, failed).
 
-    Such a trial was started by a driver SIGKILLed before Tune's experiment state listed it: the
-    resumed search never knows it and samples a replacement, so without this the study keeps a
-    phantom running trial forever (found by tests/faults, issue 6). TPE ignores failed trials.
+    Such a trial belonged to a driver that was killed. If `finished_report(trial_id)` gives the final
+    report from the trial's state file (it ran every epoch and its MLflow run is FINISHED, only Tune's
+    completion callback was lost), it is told COMPLETE with that report's objective: the work is kept
+    and study and MLflow agree. Otherwise it is marked FAIL: the resumed search never knows it and
+    samples a replacement, and without this the study would keep a phantom running trial forever
+    (found by tests/faults, issue 6). TPE ignores failed trials.
     """
     import optuna
 
     try:
         study = optuna.load_study(study_name=study_name, storage=storage_url)
     except KeyError:  # a driver killed before the study was created
-        return 0
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for t in running:
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    return len(running)
+        return 0, 0
+    completed = failed = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        key = t.user_attrs.get("trial_id")
+        report = finished_report(key) if finished_report is not None and key else None
+        value = (report or {}).get(OBJECTIVE)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            study.tell(t.number, float(value))
+            completed += 1
+        else:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            failed += 1
+    return completed, failed
 
 
 def make_scheduler(kind: str, max_epochs: int):

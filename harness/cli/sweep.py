@@ -107,7 +107,13 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                  "scheduler": scheduler, "sampler_seed": sampler_seed, "storage": tracking.redact_uri(storage_url)}
     if previous is not None:
         runner.check_resume(previous, place, signature, {})
-        lost = osearch.fail_orphaned_trials(storage_url, study)
+        def finished_report(trial_id: str):
+            return runner.finished_trials(place, [trial_id], need_test=False).get(trial_id)
+
+        kept, lost = osearch.settle_running_trials(storage_url, study, finished_report)
+        if kept:
+            out(f"resume: {kept} search trial(s) that had run every epoch when the driver stopped recorded COMPLETE "
+                "in the study from their state files (not run again)")
         if lost:
             out(f"resume: {lost} search trial(s) left running by the interrupted driver marked FAIL in the study "
                 "(their configurations are sampled again)")
@@ -161,7 +167,7 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
             search_rows = result_rows(grid)
             closed = runner.close_trial_runs(target, place.buffer_dir, search_rows)
             out(runner.tracking_summary(search_rows, closed, place.buffer_dir).replace("tracking: ", "search tracking:", 1))
-            orphans = osearch.fail_orphaned_trials(storage_url, study)
+            _, orphans = osearch.settle_running_trials(storage_url, study)
             if orphans:
                 out(f"search: {orphans} Optuna trial(s) still running when the search returned marked FAIL")
         best = osearch.pick_best(storage_url, study)
