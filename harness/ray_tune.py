@@ -42,6 +42,8 @@ RAY_ENV_DEFAULTS = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no tensorboard/csv/json loggers per trial
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Ctrl-C / SIGTERM are ours (harness.stop_signals): Tune's handler would replace it during fit()
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 # A trial must not hang minutes on a dead tracking server (MLflow's default is 7 retries, 120 s).
 TRIAL_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -93,12 +95,43 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
                               "with `ray start --head`, or unset it for a private local instance") from None
     else:
         # address="local": a private instance even if a stale /tmp/ray/ray_current_cluster exists.
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                 object_store_memory=object_store_memory, **kwargs)
+        with loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                     object_store_memory=object_store_memory, **kwargs)
+    from harness import stop_signals
+
+    stop_signals.reinstall()  # ray.init replaced the SIGTERM handler with its own
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """A private instance listens on 127.0.0.1 only (issue 13), like the MLflow server the tests start.
+
+    Ray has no public switch: `_node_ip_address="127.0.0.1"` is rewritten to the machine's reachable
+    address (services.resolve_ip_for_localhost), and GCS, raylet and workers then listen on every
+    interface. Ray takes the loopback address when its cluster support is off
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its macOS/Windows default): the variable reaches the processes
+    ray.init starts, and the constant this process read at import time is switched for the start.
+    Only for an instance we start: a driver joining a cluster (--address) must be reachable by it.
+    tests/faults/test_interrupt.py lists the listening sockets to check it."""
+    from ray._private import ray_constants
+
+    variable = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    before_env, before_const = os.environ.get(variable), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[variable] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+        if before_env is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = before_env
 
 
 def _safe_file_name(trial_id: str) -> str:
@@ -153,11 +186,16 @@ def write_trial_state(path: Path, blob: Mapping[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(dict(blob), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(blob), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)  # the previous epoch's file is intact; leave no half-written one
+        raise OSError(f"disk full or unwritable at {path.parent}: the trial state was not saved "
+                      f"({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def eval_protocol(exclude_ambiguous: bool) -> str:
@@ -347,6 +385,10 @@ class TrialProgress(tune.Callback):
         self.total, self.label, self.done, self.start = total, label, 0, time.time()
         self.heartbeat_s = heartbeat_s
         self.last_beat: dict[str, float] = {}  # trial_id -> time of its last heartbeat line
+        self.started: dict[str, float] = {}  # trial_id -> when this driver first saw it start
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         now = time.time()
@@ -357,7 +399,11 @@ class TrialProgress(tune.Callback):
     def _line(self, trial, word: str, result: Mapping | None) -> None:
         result = result or {}
         name = result.get("trial_key") or trial.config.get("trial", {}).get("name") or trial.trial_id
-        bits = [f"[{self.done}/{self.total or '?'}] {self.label} {name} {word}", f"{time.time() - self.start:6.1f}s"]
+        now = time.time()
+        # the trial's own duration (issue 14.9: time since the driver started read as a trial's), then the total
+        took = now - self.started.get(trial.trial_id, self.start)
+        bits = [f"[{self.done}/{self.total or '?'}] {self.label} {name} {word}",
+                f"trial {took:6.1f}s (total {now - self.start:.0f}s)"]
         if "epoch" in result:
             bits.append(f"epoch {result['epoch']}/{result.get('total_epochs', '?')}")
         for key in ("test_avg_mAP", "test_mAP_0.50", "val_avg_mAP"):
@@ -377,6 +423,27 @@ class TrialProgress(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         print(f"  {self.label} {trial.trial_id}: failed, retrying from its last checkpoint", flush=True)
+
+
+class StopOnSignalOrFullDisk(tune.Stopper):
+    """Stops the whole Tune experiment once harness.stop_signals recorded Ctrl-C or SIGTERM, or the disk
+    of `storage` (the run folder) is full: Tune asks `stop_all` on every step of its loop, so running
+    trials stop within about a second, and a full disk stops the run instead of burning every trial's
+    retries on writes that cannot succeed (issue 15.7). The disk is looked at once a second at most."""
+
+    def __init__(self, storage: Path):
+        self.storage, self.checked, self.full = Path(storage), 0.0, False
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        from harness import runner, stop_signals
+
+        now = time.monotonic()
+        if not self.full and now - self.checked >= 1.0:
+            self.checked, self.full = now, runner.disk_full(self.storage)
+        return self.full or stop_signals.requested() is not None
 
 
 def check_resources(resources: Resources) -> None:
@@ -438,6 +505,7 @@ def tune_trials(
         failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # never pruned: see the module doc
         callbacks=[TrialProgress(progress_total, progress_label)],
+        stop=StopOnSignalOrFullDisk(storage),
         log_to_file=True,
     )
     tuner = tune.Tuner(trainable, param_space=dict(param_space or {}), tune_config=tune_config,

@@ -23,12 +23,14 @@ state file. Tune's pickles are written but never read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from emmil.errors import ConfigError
 from harness import tracking
@@ -222,14 +224,18 @@ def tune_dir_name(place: RunPlace, base: str) -> str:
     return f"{base}-resume{k}"
 
 
-def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: list[Mapping[str, Any]]) -> dict[str, int]:
+def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: list[Mapping[str, Any]],
+                     interrupted: str = "") -> dict[str, int]:
     """After Tune returns: deliver buffers the trials could not, and close runs left RUNNING.
 
     A trial stopped early by ASHA ends without its own termination call: its run is closed KILLED with
-    the tag emmil.stopped_early=true; an errored trial's run is closed FAILED.
-    Returns counts {"flushed_late": n, "killed": n, "failed": n, "undelivered": n}.
+    the tag emmil.stopped_early=true; an errored trial's run is closed FAILED. After Ctrl-C / SIGTERM
+    (`interrupted`: the signal's name) every run still RUNNING is closed KILLED with the tag
+    emmil.interrupted=<signal> instead: its trial did not end, --resume continues it in the same run.
+    Returns counts {"flushed_late": n, "killed": n, "failed": n, "undelivered": n, "orphaned": n,
+    "interrupted": n}.
     """
-    counts = {"flushed_late": 0, "killed": 0, "failed": 0, "undelivered": 0, "orphaned": 0}
+    counts = {"flushed_late": 0, "killed": 0, "failed": 0, "undelivered": 0, "orphaned": 0, "interrupted": 0}
     by_key = {str(r.get("trial_key")): r for r in rows if r.get("trial_key")}
     stems = {_file_stem(k): k for k in by_key}
     if buffer_dir.is_dir():
@@ -249,7 +255,10 @@ def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: li
             continue
         key = child.data.tags.get("emmil.trial_id", "")
         row = by_key.get(key, {})
-        if key not in by_key:  # an orphaned attempt (see above) that had created its run
+        if interrupted:  # stopped by the user or a scheduler: neither failed nor stopped by ASHA
+            tracking.finish_run(target.uri, child.info.run_id, "KILLED", {"emmil.interrupted": interrupted})
+            counts["interrupted"] += 1
+        elif key not in by_key:  # an orphaned attempt (see above) that had created its run
             tracking.finish_run(target.uri, child.info.run_id, "KILLED", {"emmil.orphaned": "true"})
             counts["orphaned"] += 1
         elif row.get("error"):
@@ -280,6 +289,108 @@ def _file_stem(trial_id: str) -> str:
     from harness.ray_tune import _safe_file_name
 
     return _safe_file_name(trial_id)
+
+
+def resume_command(command: str) -> str:
+    """The command that finishes an interrupted run: the same one with --resume."""
+    return command if "--resume" in command.split() else command + " --resume"
+
+
+# Below this much free space under the results dir a run stops (harness.ray_tune.StopOnSignalOrFullDisk):
+# a trial's state file alone is a few MB at the paper's sizes, and the start needs 200 MiB (check_results_dir).
+DISK_FULL_BYTES = 16 * 2**20
+
+
+def disk_full(path: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(path).free < DISK_FULL_BYTES
+    except OSError:  # the folder vanished: not a full disk
+        return False
+
+
+def stop_reason(results: Path, signum: int | None) -> str:
+    """Why an unfinished run stopped: the signal's name, `disk full at PATH`, or "" (trials failed)."""
+    from harness import stop_signals
+
+    if signum:
+        return stop_signals.name(signum)
+    return f"disk full at {results}" if disk_full(results) else ""
+
+
+def disk_full_message(results: Path, command: str) -> str:
+    import shutil
+
+    free = shutil.disk_usage(results).free / 2**20
+    return (f"disk full at {results} ({free:.1f} MiB free): the run stopped. Finished trials and every trial's "
+            f"state file are kept (written atomically); free some space and finish the run with:\n  "
+            f"{resume_command(command)}")
+
+
+@contextlib.contextmanager
+def stop_on_full_disk(results: Path, command: str) -> Iterator[None]:
+    """A write that failed because the disk is full, anywhere in the driver (MLflow's SQLite store,
+    harness.json, Tune's files), becomes one `error: disk full at PATH` with the resume command, not a
+    traceback (issue 15.7). Any other error passes through unchanged."""
+    import errno
+
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as exc:
+        enospc = any(getattr(e, "errno", None) == errno.ENOSPC or "disk is full" in str(e) or
+                     "No space left" in str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
+        if enospc or disk_full(results):
+            raise ConfigError(disk_full_message(results, command) +
+                              f"\n(the failed write: {type(exc).__name__}: {str(exc)[:300]})") from None
+        raise
+
+
+LOCK_FILE = ".emmil-driver.lock"
+
+
+@contextlib.contextmanager
+def driver_lock(results: Path, command: str) -> Iterator[Path]:
+    """One driver per results directory (issue 13): a second `emmil ablate` / `emmil sweep` on it is
+    refused at once, naming the lock and the process holding it.
+
+    Two drivers would share the SQLite stores (two creating mlflow.db at once race its schema
+    migration) and, on one experiment, run one trial twice. The lock is flock(2) on
+    <results>/.emmil-driver.lock: the kernel drops it when the holder dies, even by SIGKILL, so a stale
+    file never blocks a --resume (the pid written in it is only for the message). Local to one
+    machine: drivers on two machines sharing a network results dir are not excluded (docs/harness.md)."""
+    import fcntl
+
+    path = results / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open the driver lock ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            raise ConfigError(f"another emmil driver is running on {results} ({holder}; lock {path}): two drivers "
+                              "on one results directory would share its stores and could run a trial twice. "
+                              "Wait for it to end, or use another --results directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "command": command, "since": time.time()},
+                                allow_nan=False).encode())
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+        return f"pid {int(info['pid'])}, `{str(info['command'])[:200]}`, since {since}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not written its pid yet"
 
 
 def command_line(argv: list[str] | None = None) -> str:

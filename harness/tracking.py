@@ -192,6 +192,12 @@ def start_parent_run(target_uri: str, experiment_id: str, name: str, tags: Mappi
     return run.info.run_id
 
 
+def set_run_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def finish_run(uri: str, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] = {},
                metrics: Mapping[str, float] = {}) -> None:
     from mlflow.entities import Metric, RunTag

@@ -5,7 +5,7 @@ Each subcommand lives in its own module of this package with two functions:
     run(args: argparse.Namespace) -> int          # exit code
 Modules are imported only when their subcommand runs, so `emmil data info` never pays for
 importing Ray or MLflow. A user-facing error (emmil.errors.EmmilError) prints `error: <message>`
-and exits 2 without a traceback; Ctrl-C exits 130.
+and exits 2 without a traceback; Ctrl-C exits 130, SIGTERM of ablate/sweep 143.
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except EmmilError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through harness.stop_signals: 128 + the signal number
+        from harness import stop_signals
+
         print("interrupted", file=sys.stderr)
-        return 130
+        return stop_signals.exit_code()
 
 
 if __name__ == "__main__":

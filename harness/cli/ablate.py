@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from emmil.errors import ConfigError
+from harness import stop_signals
 from harness.experiments import Experiment, check_results_dir, expand_trials, list_experiments, load_experiment, summary_table
 
 TEST_METRICS = ("test_avg_mAP", "test_mAP_0.50", "test_cls_mAP")  # cls mAP: the gate (a wrong class cannot be localised)
@@ -132,14 +133,24 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     """Run (or resume) `experiment` x `seeds` on Ray Tune; returns the per-trial rows and where they are.
 
     A resume runs only the trials without a finished state file, in a fresh Tune experiment (never a
-    restored one: harness.runner's module doc); more seeds than before extend the plan."""
-    import contextlib
-
-    from emmil.config import config_hash, resolve_config
-    from harness import runner, tracking
-    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
+    restored one: harness.runner's module doc); more seeds than before extend the plan. One driver per
+    results directory (runner.driver_lock). After Ctrl-C / SIGTERM (harness.stop_signals) the trials
+    stop, their runs are closed as interrupted and the exit code is 128 + the signal number."""
+    from harness import runner
 
     check_results_dir(launch.results)  # writable, with free space, before any work
+    command = command or runner.command_line()
+    with runner.driver_lock(launch.results, command), runner.stop_on_full_disk(launch.results, command):
+        return _run_ablation(experiment, dataset=dataset, preset=preset, seeds=seeds, launch=launch,
+                             load_data=load_data, command=command, out=out)
+
+
+def _run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: int, launch: Launch,
+                  load_data: Callable[[], Any], command: str, out) -> Outcome:
+    from emmil.config import config_hash, resolve_config
+    from harness import runner, stop_signals, tracking
+    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
+
     trials = expand_trials(experiment, seeds)
     plan: dict[str, str] = {}
     for t in trials:  # every trial's config is valid before anything starts
@@ -150,7 +161,6 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
         plan[f"{experiment.name}/{t.name}"] = config_hash(cfg)
     uri = launch.tracking_uri or tracking.default_tracking_uri(launch.results)
     place = runner.RunPlace(launch.results, experiment.name, uri, f"emmil-{experiment.name}")
-    command = command or runner.command_line()
     previous = runner.check_place(place, resume=launch.resume)  # before anything starts
     warm = runner.prewarm_tracking(uri)  # overlaps data loading and ray.init
     take, meta = runner.load_once(load_data)
@@ -184,7 +194,8 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
     tracking.uri_for_trials(uri)  # a secret reaches the trials by environment: before Ray starts
     t0 = time.time()
     rows = list(done.values())
-    with ray_session(launch.address) if pending else contextlib.nullcontext():
+    # from here on a first Ctrl-C / SIGTERM is recorded, not raised: the runs opened below get closed
+    with stop_signals.deferred(), ray_session(launch.address) if pending else contextlib.nullcontext():
         if pending:
             check_resources(resources)  # before the parent run opens: nothing is left RUNNING
         warm.join()
@@ -197,7 +208,8 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
         )
         state = {**state, "plan": {**state.get("plan", {}), **plan}}  # more seeds: the plan grows
         runner.write_state(place, state)
-        if pending:
+        tracking.set_run_tags(target.uri, target.parent_run_id, {"emmil.planned_trials": len(trials)})  # reports
+        if pending and not stop_signals.requested():
             from ray import tune
 
             run_common["tracking"] = target.to_dict()
@@ -205,9 +217,21 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
                                param_space={"trial": tune.grid_search(pending), "run": run_common},
                                resources=resources, max_failures=launch.max_failures, progress_total=len(pending))
             rows += result_rows(grid)
-    closed = runner.close_trial_runs(target, place.buffer_dir, rows)
-    wall = time.time() - t0
+        return _finish_ablation(experiment, dataset, trials, rows, t0, place, target, state, meta, launch, command, out)
+
+
+def _finish_ablation(experiment: Experiment, dataset: str, trials: list, rows: list, t0: float, place, target,
+                     state: dict, meta: Mapping[str, Any], launch: Launch, command: str, out) -> Outcome:
+    """Close the trial runs and the parent, print the summary, build the report (still deferred:
+    a signal here does not cut the bookkeeping short)."""
+    from harness import runner, stop_signals, tracking
+
     ok = [r for r in rows if not r.get("error") and "test_avg_mAP" in r]
+    signum = stop_signals.requested()
+    # why unfinished trials stopped: Ctrl-C / SIGTERM, a full disk (the trials' retries are not burnt), or ""
+    stopped = runner.stop_reason(place.results, signum) if len(ok) < len(trials) else ""
+    closed = runner.close_trial_runs(target, place.buffer_dir, rows, interrupted=stopped)
+    wall = time.time() - t0
     order = [v.name for v in experiment.variants]
     summary = summary_table(rows, "variant", TEST_METRICS, order)
     parent_metrics = {"wall_seconds": wall, "trials_ok": len(ok), "trials_failed": len(rows) - len(ok)}
@@ -215,22 +239,33 @@ def run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: in
         vals = [r["test_avg_mAP"] for r in ok if r.get("variant") == name]
         if vals:
             parent_metrics[f"{name}.test_avg_mAP.mean"] = sum(vals) / len(vals)
-    status = "FINISHED" if len(ok) == len(trials) else "FAILED"
-    tracking.finish_run(target.uri, target.parent_run_id, status,
-                        {"emmil.tracking_closed": ",".join(f"{k}={v}" for k, v in closed.items())}, parent_metrics)
-    runner.write_state(place, {**state, "stage": "done" if status == "FINISHED" else "incomplete"})
+    status = "FINISHED" if len(ok) == len(trials) else "KILLED" if stopped else "FAILED"
+    end_tags = {"emmil.tracking_closed": ",".join(f"{k}={v}" for k, v in closed.items())}
+    if stopped:
+        end_tags["emmil.interrupted"] = stopped
+    tracking.finish_run(target.uri, target.parent_run_id, status, end_tags, parent_metrics)
+    stage = {"FINISHED": "done", "KILLED": "interrupted"}.get(status, "incomplete")
+    runner.write_state(place, {**state, "stage": stage})
     out("")
     out(f"{experiment.name} on {dataset} [{meta['source']}], stage ablation, {len(ok)}/{len(trials)} trials ok, "
         f"{wall:.0f} s")
     out(summary)
     out(runner.tracking_summary(rows, closed, place.buffer_dir))
     out(runner.locations(place, target))
+    if stopped and not signum:
+        raise ConfigError(runner.disk_full_message(place.results, command))  # exit 2, after the bookkeeping
+    if stopped:
+        out(f"interrupted by {stopped}: {len(ok)} of {len(trials)} trials finished (kept), "
+            f"{closed['interrupted']} run(s) closed KILLED as interrupted; finish the run with:\n"
+            f"  {runner.resume_command(command)}")
+        out("report:            not built (interrupted: the --resume builds it)")
+        return Outcome(stop_signals.exit_code(signum), rows, target.parent_run_id, target.uri, place.root, summary)
     if status != "FINISHED":
         out(f"{len(trials) - len(ok)} trial(s) did not finish; run the same command with --resume to finish them "
             "(finished trials are kept)")
     if launch.report:
         out(runner.build_report(place, target, command=command))
-    return Outcome(0 if status == "FINISHED" else 1, rows, target.parent_run_id, uri, place.root, summary)
+    return Outcome(0 if status == "FINISHED" else 1, rows, target.parent_run_id, target.uri, place.root, summary)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset or experiment.preset or "paper"
     seeds = args.seeds if args.seeds is not None else experiment.seeds
     launch = launch_from_args(args)
-    with resume_hint():
+    with stop_signals.handling(), resume_hint():
         outcome = run_ablation(experiment, dataset=dataset, preset=preset, seeds=seeds, launch=launch,
                                load_data=dataset_loader(dataset, args.data_dir, args))
     return outcome.exit_code
@@ -255,14 +290,13 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def resume_hint():
-    """After Ctrl-C: say how to finish the run (the finished trials are kept), then exit 130 as before."""
+    """After a Ctrl-C / SIGTERM that could not wait (before a run opened, or a second signal): say how
+    to finish the run (the finished trials are kept); the CLI then exits 128 + the signal number."""
     try:
         yield
     except KeyboardInterrupt:
-        from harness.runner import command_line
+        from harness.runner import command_line, resume_command
 
-        command = command_line()
-        if "--resume" not in command.split():
-            command += " --resume"
-        print(f"interrupted: finished trials are kept; finish the run with:\n  {command}", file=sys.stderr)
+        print(f"interrupted: finished trials are kept; finish the run with:\n  {resume_command(command_line())}",
+              file=sys.stderr)
         raise

@@ -62,13 +62,30 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
 
     A resume (or a larger --trials / --final-seeds on a finished sweep) runs only what is missing: the
     study's COMPLETE and PRUNED trials count as done (those left RUNNING by a killed driver are marked
-    FAIL and sampled again), final trials with a finished state file are kept."""
-    from emmil.config import config_hash, resolve_config
-    from harness import optuna_search as osearch
-    from harness import runner, tracking
-    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
+    FAIL and sampled again), final trials with a finished state file are kept. One driver per results
+    directory (runner.driver_lock); Ctrl-C / SIGTERM stop it cleanly (harness.stop_signals)."""
+    from harness import runner
 
     check_results_dir(launch.results)  # writable, with free space, before any work
+    command = command or runner.command_line()
+    from harness import stop_signals
+
+    # deferred from the start: the final bookkeeping below the Ray session must not be cut short either
+    with runner.driver_lock(launch.results, command), runner.stop_on_full_disk(launch.results, command), \
+            stop_signals.deferred():
+        return _run_sweep(space, dataset=dataset, preset=preset, trials=trials, scheduler=scheduler, study=study,
+                          storage=storage, sampler_seed=sampler_seed, final_seeds=final_seeds, launch=launch,
+                          load_data=load_data, command=command, out=out)
+
+
+def _run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, scheduler: str, study: str,
+               storage: str | None, sampler_seed: int, final_seeds: int, launch: Launch,
+               load_data: Callable[[], Any], command: str, out) -> Outcome:
+    from emmil.config import config_hash, resolve_config
+    from harness import optuna_search as osearch
+    from harness import runner, stop_signals, tracking
+    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
+
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if final_seeds < 0:
@@ -83,7 +100,6 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
     check_optuna_storage(storage_url)  # before any run opens
     uri = launch.tracking_uri or tracking.default_tracking_uri(launch.results)
     place = runner.RunPlace(launch.results, f"sweep-{study}", uri, f"emmil-sweep-{study}")
-    command = command or runner.command_line()
     def has_validation_slice(data) -> None:
         from emmil.train import split_validation
 
@@ -130,6 +146,7 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
     from ray import tune
 
     final_rows: list[dict] = []
+    stopped = None  # the signal that stopped a stage (harness.stop_signals)
     with ray_session(launch.address):
         check_resources(resources)  # before the parent run opens: nothing is left RUNNING
         warm.join()
@@ -141,12 +158,14 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                     **{f"set.{k}": v for k, v in launch.overrides.items()}},
             plan={"signature": signature, "plan": {}},
         )
+        planned = trials + final_seeds  # search trials + final-stage trials: what the report checks
+        tracking.set_run_tags(target.uri, target.parent_run_id, {"emmil.planned_trials": planned})
         run_common["tracking"] = target.to_dict()
         data_ref = put_dataset(take)  # once, for both stages; the driver keeps no copy
         # ---- search
         if previous is not None:
             out(f"resume: {searched} of {trials} search trials already in the study (kept), {to_search} to run")
-        if to_search:
+        if to_search and not stop_signals.requested():
             runner.write_state(place, {**state, "stage": "search"})
             out(f"emmil sweep {study}: {to_search} trials of {space.path} on {dataset} ({meta['source']}), preset "
                 f"{preset}, scheduler {scheduler}, objective {osearch.OBJECTIVE} (held-out training videos)")
@@ -165,11 +184,19 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                 progress_label="search trial",
             )
             search_rows = result_rows(grid)
-            closed = runner.close_trial_runs(target, place.buffer_dir, search_rows)
+            stopped = runner.stop_reason(place.results, stop_signals.requested())
+            closed = runner.close_trial_runs(target, place.buffer_dir, search_rows, interrupted=stopped)
             out(runner.tracking_summary(search_rows, closed, place.buffer_dir).replace("tracking: ", "search tracking:", 1))
-            _, orphans = osearch.settle_running_trials(storage_url, study)
+            # after a stop signal: a trial that had run every epoch is COMPLETE from its state file, the
+            # others FAIL (not left RUNNING; the resumed search samples replacements)
+            _, orphans = osearch.settle_running_trials(
+                storage_url, study, lambda tid: runner.finished_trials(place, [tid], need_test=False).get(tid))
             if orphans:
-                out(f"search: {orphans} Optuna trial(s) still running when the search returned marked FAIL")
+                out(f"search: {orphans} Optuna trial(s) still running when the search returned marked FAIL"
+                    + (f" ({stopped})" if stopped else ""))
+        stopped = runner.stop_reason(place.results, stop_signals.requested())
+        if stopped:
+            return _interrupted(place, target, state, stopped, command, [], trials + final_seeds, t0, out)
         best = osearch.pick_best(storage_url, study)
         state = {**state, "stage": "search-done", "best_params": best["params"], "best_value": best["value"],
                  "best_trial": best["trial"], "search_trials": best["complete"] + best["pruned"],
@@ -206,6 +233,10 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
                 )
                 final_rows += result_rows(grid)
             final_rows = _final_rows_label(final_rows)
+            ok = [r for r in final_rows if not r.get("error") and "test_avg_mAP" in r]
+            stopped = runner.stop_reason(place.results, stop_signals.requested()) if len(ok) < final_seeds else ""
+            if stopped:
+                return _interrupted(place, target, state, stopped, command, final_rows, trials + final_seeds, t0, out)
             closed = runner.close_trial_runs(target, place.buffer_dir, final_rows)
             out(runner.tracking_summary(final_rows, closed, place.buffer_dir).replace("tracking: ", "final tracking:", 1))
     ok = [r for r in final_rows if not r.get("error") and "test_avg_mAP" in r]
@@ -232,7 +263,28 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
         out("the final retrain did not finish; run the same command with --resume to finish it")
     if launch.report:
         out(runner.build_report(place, target, command=command, optuna_storage=storage_url, study_name=study))
-    return Outcome(0 if status == "FINISHED" else 1, final_rows, target.parent_run_id, uri, place.root, summary)
+    return Outcome(0 if status == "FINISHED" else 1, final_rows, target.parent_run_id, target.uri, place.root, summary)
+
+
+def _interrupted(place, target, state: dict, name: str, command: str, final_rows: list, planned: int,
+                 t0: float, out) -> Outcome:
+    """After Ctrl-C / SIGTERM or a full disk (`name`: runner.stop_reason) stopped a stage: close what is
+    open as interrupted, say how to resume."""
+    from harness import runner, stop_signals, tracking
+
+    closed = runner.close_trial_runs(target, place.buffer_dir, final_rows, interrupted=name)
+    tracking.finish_run(target.uri, target.parent_run_id, "KILLED", {"emmil.interrupted": name},
+                        {"wall_seconds": time.time() - t0})
+    runner.write_state(place, {**state, "stage": "interrupted"})
+    out(f"\ninterrupted by {name} after {time.time() - t0:.0f} s ({planned} trials planned); "
+        f"{closed['interrupted']} more run(s) closed KILLED as interrupted; finished trials are kept. "
+        f"Finish the sweep with:\n  {runner.resume_command(command)}")
+    out(runner.tracking_summary(final_rows, closed, place.buffer_dir))
+    out(runner.locations(place, target))
+    signum = stop_signals.requested()
+    if not signum:
+        raise ConfigError(runner.disk_full_message(place.results, command))  # exit 2, after the bookkeeping
+    return Outcome(stop_signals.exit_code(signum), final_rows, target.parent_run_id, target.uri, place.root, "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -243,9 +295,10 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset or "paper"
     study = args.study or (space.name if space.name.startswith(dataset) else f"{dataset}-{space.name}")
     launch = launch_from_args(args)
+    from harness import stop_signals
     from harness.cli.ablate import resume_hint
 
-    with resume_hint():
+    with stop_signals.handling(), resume_hint():
         outcome = run_sweep(space, dataset=dataset, preset=preset, trials=args.trials, scheduler=args.scheduler,
                             study=study, storage=args.storage, sampler_seed=args.seed, final_seeds=args.final_seeds,
                             launch=launch, load_data=dataset_loader(dataset, args.data_dir, args))

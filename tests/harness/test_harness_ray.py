@@ -193,7 +193,7 @@ from emmil.data.synth import make_synthetic
 from harness.cli.ablate import Launch, run_ablation
 from harness.experiments import parse_experiment
 exp = parse_experiment({{"name": "resume", "variants": [{{"name": "full", "overrides": {{}}}}]}}, "resume")
-launch = Launch(results=Path({results!r}), overrides={{**TINY, "train.epochs": 4}}, max_concurrent=1, report=False)
+launch = Launch(results=Path({results!r}), overrides={{**TINY, "train.epochs": 60}}, max_concurrent=1, report=False)
 run_ablation(exp, dataset="thumos14", preset="quick", seeds=3, launch=launch,
              load_data=lambda: make_synthetic("thumos14", dim=8, seed=0, max_videos=6), command="emmil ablate resume")
 """
@@ -216,7 +216,7 @@ def test_killed_driver_is_resumed_and_only_missing_trials_run(ray_cluster, tiny_
                 finished_first = line.split()[2]
                 break
             assert time.time() < deadline, "the first trial did not finish in time"
-        time.sleep(1.5)
+        time.sleep(0.3)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the private Ray it started
         proc.wait(timeout=30)
@@ -225,7 +225,7 @@ def test_killed_driver_is_resumed_and_only_missing_trials_run(ray_cluster, tiny_
 
     assert json.loads((results / "resume" / "harness.json").read_text())["stage"] == "started"  # unfinished
 
-    launch = Launch(results=results, overrides={**TINY, "train.epochs": 4}, max_concurrent=1, report=False,
+    launch = Launch(results=results, overrides={**TINY, "train.epochs": 60}, max_concurrent=1, report=False,
                     resume=True)
     exp = parse_experiment({"name": "resume", "variants": [{"name": "full", "overrides": {}}]}, "resume")
     outcome = run_ablation(exp, dataset="thumos14", preset="quick", seeds=3, launch=launch,
@@ -235,8 +235,9 @@ def test_killed_driver_is_resumed_and_only_missing_trials_run(ray_cluster, tiny_
     assert sorted(children) == ["resume/full-s0", "resume/full-s1", "resume/full-s2"]  # one run per trial
     assert all(r.info.status == "FINISHED" and "test_avg_mAP" in r.data.metrics for r in children.values())
     first = children[finished_first]
-    assert [m.step for m in c.get_metric_history(first.info.run_id, "loss")] == [1, 2, 3, 4]  # not rerun
+    # 60 epochs: a tiny trial's epoch takes ~0.03 s (6 videos, dim 8); with 4, all 3 trials ended before the kill
+    assert [m.step for m in c.get_metric_history(first.info.run_id, "loss")] == list(range(1, 61))  # not rerun
     for run in children.values():  # every epoch once, whether it ran before or after the kill
-        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 4]
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss")) == list(range(1, 61))
     assert parent.info.status == "FINISHED"
     assert len(outcome.rows) == 3 and all("test_avg_mAP" in r for r in outcome.rows)
