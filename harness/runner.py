@@ -235,7 +235,8 @@ def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: li
     Returns counts {"flushed_late": n, "killed": n, "failed": n, "undelivered": n, "orphaned": n,
     "interrupted": n}.
     """
-    counts = {"flushed_late": 0, "killed": 0, "failed": 0, "undelivered": 0, "orphaned": 0, "interrupted": 0}
+    counts = {"flushed_late": 0, "killed": 0, "failed": 0, "undelivered": 0, "undelivered_metrics": 0,
+              "orphaned": 0, "interrupted": 0}
     by_key = {str(r.get("trial_key")): r for r in rows if r.get("trial_key")}
     stems = {_file_stem(k): k for k in by_key}
     if buffer_dir.is_dir():
@@ -249,8 +250,18 @@ def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: li
                 # add a duplicate under a made-up id (found by tests/faults, issue 6).
                 counts["orphaned"] += 1
                 continue
-            counts["flushed_late" if run.flush() else "undelivered"] += 1
-    for child in tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id):
+            metrics = run.pending_metric_values()
+            if run.flush():
+                counts["flushed_late"] += 1
+            else:
+                counts["undelivered"] += 1
+                counts["undelivered_metrics"] += metrics
+    try:
+        children = tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
+    except Exception:  # noqa: BLE001 - the server is down at the end: the runs stay open, the buffers on disk
+        counts["tracking_down"] = 1
+        return counts
+    for child in children:
         if child.info.status != "RUNNING":
             continue
         key = child.data.tags.get("emmil.trial_id", "")
@@ -270,18 +281,38 @@ def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: li
     return counts
 
 
+def finish_parent(target: tracking.TrackingTarget, place: RunPlace, status: str, tags: Mapping[str, str],
+                  metrics: Mapping[str, float], out) -> None:
+    """Close the parent run; with the tracking server down at the very end, say what is left and how
+    to deliver it (harness.json records the outcome, `emmil tracking flush` closes the run later)
+    instead of a traceback (issue 13)."""
+    try:
+        tracking.finish_run(target.uri, target.parent_run_id, status, tags, metrics)
+    except Exception as exc:  # noqa: BLE001 - the trials are done; the message says what to do
+        out(f"tracking:          server unreachable at the end ({type(exc).__name__}: {str(exc)[:160]}): the "
+            f"parent run {target.parent_run_id} is still RUNNING in MLflow; when the server is up, run "
+            f"`emmil tracking flush --results {place.results}` to deliver the buffers and close it as {status}")
+
+
 def tracking_summary(rows: list[Mapping[str, Any]], closed: Mapping[str, int], buffer_dir: Path) -> str:
     """One line for the end-of-run summary: were metrics delayed by a tracking outage, and are they all
     delivered now? rows: per-trial last results (`tracking_delayed_flushes` = failed flush attempts)."""
     attempts = [int(r.get("tracking_delayed_flushes") or 0) for r in rows]
     delayed = sum(1 for a in attempts if a > 0)
     undelivered = int(closed.get("undelivered", 0))
+    if closed.get("tracking_down"):
+        return (f"tracking:          server unreachable when the driver ended: runs still RUNNING there are "
+                f"closed, and the buffers in {buffer_dir} delivered, by `emmil tracking flush --results "
+                f"{buffer_dir.parent.parent}` once it is up")
     if not delayed and not undelivered:
         return "tracking:          every metric delivered as it was logged"
     text = (f"tracking:          server unavailable for a while: {delayed} trial(s) buffered their metrics "
             f"({sum(attempts)} failed flush attempt(s)); ")
     if undelivered:
-        return text + f"{undelivered} trial buffer(s) still NOT delivered (kept in {buffer_dir}; --resume delivers them)"
+        results = buffer_dir.parent.parent
+        return text + (f"{undelivered} trial buffer(s) with {closed.get('undelivered_metrics', 0)} metric values still "
+                       f"NOT delivered, kept in {buffer_dir}: deliver them with `emmil tracking flush --results "
+                       f"{results}` once the server is up (or the run's --resume)")
     return text + "all buffered metrics delivered, none lost"
 
 
@@ -430,7 +461,11 @@ def build_report(place: RunPlace, target: tracking.TrackingTarget, **extra: Any)
         _build(target.uri, parent_run_id=target.parent_run_id, out_dir=out, **extra)
     except Exception as exc:  # noqa: BLE001 - the runs are done; a report failure must not hide that
         return f"report: FAILED ({type(exc).__name__}: {exc}); build it later with `emmil report`"
-    return f"report:            {out}"
+    try:  # the parent run carries its report: `mlflow ui` shows it beside the runs it was built from
+        tracking.client(target.uri).log_artifacts(target.parent_run_id, str(out), artifact_path="report")
+    except Exception as exc:  # noqa: BLE001 - the report is on disk; the upload is a convenience
+        return f"report:            {out} (not attached to the parent run: {type(exc).__name__}: {str(exc)[:200]})"
+    return f"report:            {out} (also the parent run's artifact report/)"
 
 
 def load_once(loader: Callable[[], Any], check: Callable[[Any], None] | None = None

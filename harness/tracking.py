@@ -185,7 +185,10 @@ def start_parent_run(target_uri: str, experiment_id: str, name: str, tags: Mappi
     from mlflow.entities import Param
 
     c = client(target_uri)
-    run = c.create_run(experiment_id, tags={"emmil.role": "parent", **tags}, run_name=name)
+    tags = {"emmil.role": "parent", **tags}
+    if tags.get("emmil.git_commit", "unknown") != "unknown":  # MLflow's own tag: the UI shows the source version
+        tags.setdefault("mlflow.source.git.commit", tags["emmil.git_commit"])
+    run = c.create_run(experiment_id, tags=tags, run_name=name)
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
         c.log_batch(run.info.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
@@ -310,6 +313,10 @@ class TrialRun:
 
     def terminate(self, status: str = "FINISHED") -> None:
         self._add({"op": "terminate", "status": status})
+
+    def pending_metric_values(self) -> int:
+        """How many metric values the buffer still holds (what a user is told is not delivered)."""
+        return sum(len(op.get("values", {})) for op in self.pending if op.get("op") == "metrics")
 
     # -- flushing -------------------------------------------------------------------------
     def _mlflow(self):

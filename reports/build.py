@@ -1,10 +1,11 @@
-"""build_report: tracked runs (MLflow, optionally an Optuna study) -> a report directory.
+r"""build_report: tracked runs (MLflow, optionally an Optuna study) -> a report directory.
 
     out_dir/report.md      Markdown (figures referenced from figures/)
     out_dir/report.html    one self-contained page (figures embedded as base64 PNG)
-    out_dir/report.tex     LaTeX with booktabs tables (figures from figures/)
+    out_dir/report.tex     LaTeX: \input's tables/*.tex, figures from figures/
+    out_dir/tables/*.tex   each table as a booktabs fragment (no preamble) a paper can \input
     out_dir/runs.csv       the raw per-run table (every trial run: tags, metrics, params)
-    out_dir/tables/*.csv   the numbers behind each table, as fractions
+    out_dir/tables/*.csv   the numbers behind each table, as fractions: mean, <metric>_std, integer n
     out_dir/figures/*.png  the figures (with md or tex)
 
 Reads the tracking store and, for sweeps, the Optuna storage; never a live Ray cluster.
@@ -141,7 +142,7 @@ def search_table(search: pd.DataFrame) -> Table:
     for r in df.head(SEARCH_ROWS).to_dict("records"):
         rows.append((str(r.get("trial_id") or ""), str(r["run_id"])[:8], str(r["status"]), str(r["variant"]),
                      tables.pct(r["_val"]), tables.pct(r.get("test_avg_mAP", math.nan)))
-                    + tuple(str(r[p]) for p in params))
+                    + tuple(tables.param_text(r[p]) for p in params))
     df_named = df.rename(columns={"_val": VAL_METRIC + "_last"})
     data = df_named[["run_id", "trial_id", "status", "variant", VAL_METRIC + "_last"] + params]
     return Table(
@@ -196,10 +197,59 @@ def optuna_figures(storage: str, study_name: str, explicit: bool) -> tuple[list[
 
 
 # ---------------------------------------------------------------- the report
+PARTIAL_ADVICE = ("; the tables below cover only the finished trials. Finish the run with `--resume` and rebuild "
+                  "the report.")
+
+
+def finished_trial_count(trials: pd.DataFrame, parent_run_id: str) -> int:
+    """Trial runs of one parent that ended as planned: FINISHED, or a search trial the scheduler stopped
+    early (KILLED with emmil.stopped_early=true; a sweep plans its search trials too)."""
+    if trials.empty:
+        return 0
+    ended = (trials["status"] == "FINISHED")
+    if "stopped_early" in trials:
+        ended |= (trials["status"] == "KILLED") & trials["stopped_early"].astype(bool)
+    return int(((trials["parent_run_id"] == parent_run_id) & ended).sum())
+
+
+def partial_notice(run_id: str, experiment: str, status: str, planned_tag: str, finished: int) -> str | None:
+    """The intro's notice for a parent run whose tables are partial, None when it is complete.
+
+    Partial: the parent is not FINISHED (RUNNING, FAILED, KILLED), or fewer trials FINISHED than the
+    parent's tag emmil.planned_trials (`planned_tag`, its text; '' on runs older than the tag, which are
+    judged by their status only)."""
+    who = f"the parent run {run_id} ({experiment})"
+    text = str(planned_tag or "").strip()
+    planned = int(text) if text.isdecimal() else None
+    if status == "FINISHED":
+        if planned is not None and finished < planned:
+            return f"Partial results: {who} is FINISHED but only {finished} of {planned} planned trials finished" \
+                + PARTIAL_ADVICE
+        if text and planned is None:  # the status says complete, the tag cannot confirm it: say so, not skip it
+            return (f"WARNING: {who} has tag emmil.planned_trials={text!r}, not a trial count: whether every "
+                    f"planned trial finished is unknown ({finished} did).")
+        return None
+    done = f"{finished} trial{'' if finished == 1 else 's'} finished"
+    if planned is not None:
+        count = f"{finished} of {planned} planned trials finished"
+    elif text:
+        count = f"{done} (its tag emmil.planned_trials={text!r} is not a trial count)"
+    else:
+        count = f"{done} (the run has no emmil.planned_trials tag: how many were planned is unknown)"
+    return f"Partial results: {who} is {status} and {count}" + PARTIAL_ADVICE
+
+
+def partial_notices(rs: RunSet) -> tuple[str, ...]:
+    """One notice per parent run whose trials the tables cover only in part (reports/build.partial_notice)."""
+    notices = (partial_notice(p.run_id, p.experiment, p.status, p.planned_trials,
+                              finished_trial_count(rs.trials, p.run_id)) for p in rs.parents.itertuples())
+    return tuple(n for n in notices if n)
+
+
 def _intro(rs: RunSet, command: str | None) -> tuple[str, ...]:
     runs = rs.runs
     sources = sorted(set(runs["data_source"])) if not runs.empty else []
-    lines = [
+    lines = list(partial_notices(rs)) + [  # first: a reader must know the tables are partial before reading them
         f"Generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from MLflow "
         f"{redact(rs.tracking_uri)}, experiment(s) {', '.join(rs.experiments)}: {len(runs)} finished trial runs in the "
         f"tables, {len(rs.excluded)} other trial runs listed under Provenance"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -110,6 +111,7 @@ _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "
 
 def tex_escape(text: str) -> str:
     out = "".join(_TEX_ESCAPES.get(c, c) for c in str(text))
+    out = re.sub(r"-(?=-)", "-{}", out)  # LaTeX reads -- as a dash: keep `--resume`, `--run-id` as typed
     return out.replace("±", r"$\pm$").replace("≥", r"$\geq$").replace("—", "--")
 
 
@@ -130,7 +132,16 @@ def table_latex(t: Table) -> str:
     return "\n".join(lines)
 
 
-def to_latex(report: Report, figure_dir: str = "figures") -> str:
+def table_fragment(t: Table) -> str:
+    """out_dir/tables/<key>.tex: one table environment a paper can \\input (no preamble; the paper loads the
+    packages the comment names: booktabs for the rules, graphicx for \\resizebox)."""
+    return f"% {t.title} (emmil report); needs \\usepackage{{booktabs,graphicx}}\n" + table_latex(t) + "\n"
+
+
+def to_latex(report: Report, figure_dir: str = "figures", table_dir: str | None = None) -> str:
+    """The whole document. table_dir=None prints each table in place; table_dir='tables' \\inputs
+    <table_dir>/<key>.tex instead (write_report writes those fragments): report.tex then shows each table
+    exactly as a paper \\inputting the fragment will."""
     out = [r"\documentclass{article}", r"\usepackage[utf8]{inputenc}", r"\usepackage[margin=2cm]{geometry}",
            r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\begin{document}",
            r"\section*{" + tex_escape(report.title) + "}"]
@@ -138,7 +149,8 @@ def to_latex(report: Report, figure_dir: str = "figures") -> str:
     for s in report.sections:
         out.append(r"\subsection*{" + tex_escape(s.title) + "}")
         out += [tex_escape(p) + "\n" for p in s.paragraphs]
-        out += [table_latex(t) for t in s.tables]
+        out += [table_latex(t) if table_dir is None else r"\input{" + f"{table_dir}/{t.key}.tex" + "}"
+                for t in s.tables]
         for f in s.figures:
             out += [r"\begin{figure}[ht]", r"\centering",
                     r"\includegraphics[width=\linewidth]{" + f"{figure_dir}/{f.key}.png" + "}",
@@ -159,7 +171,8 @@ def all_figures(report: Report) -> list[Figure]:
 
 def write_report(report: Report, out_dir: Path, formats, runs: pd.DataFrame) -> dict[str, Path]:
     """Write the requested formats into out_dir; returns {what: path}. Figures go to out_dir/figures
-    (referenced by the Markdown and LaTeX; the HTML embeds them as base64)."""
+    (referenced by the Markdown and LaTeX; the HTML embeds them as base64); with tex, every table also goes
+    to out_dir/tables/<key>.tex, which report.tex \\inputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if {"md", "tex"} & set(formats):
@@ -173,8 +186,11 @@ def write_report(report: Report, out_dir: Path, formats, runs: pd.DataFrame) -> 
         written["html"] = out_dir / "report.html"
         written["html"].write_text(to_html(report))
     if "tex" in formats:
+        (out_dir / "tables").mkdir(exist_ok=True)
+        for t in all_tables(report):
+            (out_dir / "tables" / f"{t.key}.tex").write_text(table_fragment(t))
         written["tex"] = out_dir / "report.tex"
-        written["tex"].write_text(to_latex(report))
+        written["tex"].write_text(to_latex(report, table_dir="tables"))
     if "csv" in formats:
         written["csv"] = out_dir / "runs.csv"
         runs.to_csv(written["csv"], index=False)

@@ -39,7 +39,7 @@ class RunSet:
     runs: pd.DataFrame  # finished trial runs with test metrics, one row each
     trials: pd.DataFrame  # every trial run (any status): the raw per-run table (runs.csv)
     excluded: pd.DataFrame  # trial runs left out of the tables: run_id, status, variant, seed, reason
-    parents: pd.DataFrame  # parent runs: run_id, experiment, kind, command, dataset, data_source, ...
+    parents: pd.DataFrame  # parent runs: run_id, experiment, status, kind, ..., planned_trials (tag text)
     parent_tags: dict = field(default_factory=dict)  # parent run_id -> {tag: value} (all tags)
 
 
@@ -100,6 +100,8 @@ def _trial_row(run, experiment_name: str) -> dict:
         "parent_run_id": tags.get("mlflow.parentRunId", ""),
         "start_time": run.info.start_time,
         "artifact_uri": run.info.artifact_uri,
+        # a search trial ASHA stopped early is closed KILLED with this tag: it ended as planned
+        "stopped_early": tags.get("emmil.stopped_early") == "true",
     }
     for name in REQUIRED_TRIAL_TAGS + OPTIONAL_TRIAL_TAGS:
         row[name] = tags.get(TAG_PREFIX + name, "")
@@ -173,7 +175,9 @@ def load_runs(tracking_uri: str, *, experiment: str | None = None, parent_run_id
         where = f"parent run {parent_run_id}" if parent_run_id else f"experiment(s) {sorted(names.values())}"
         raise DataError(f"no trial runs (tag emmil.role=trial) under {where} at {redact(tracking_uri)}")
 
-    parent_columns = ["run_id", "experiment", "status", "kind", "dataset", "data_source", "command", "git_commit"]
+    # planned_trials: the trials the ablation/sweep plans (tag emmil.planned_trials; absent on older runs)
+    parent_columns = ["run_id", "experiment", "status", "kind", "dataset", "data_source", "command", "git_commit",
+                      "planned_trials"]
     parents = pd.DataFrame(
         [
             {

@@ -137,6 +137,25 @@ def signed_pct(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
+PARAM_DIGITS = 4  # significant digits of a logged numeric param in a table cell (runs.csv keeps the full text)
+
+
+def param_text(value) -> str:
+    """A logged param as a table cell. MLflow keeps params as str(value), so an Optuna-sampled learning rate
+    arrives as '0.000305123456789': a non-integer number is printed to PARAM_DIGITS significant digits
+    ('0.0003051'); an integer, a word or a list stays as logged; a missing param is ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number) or text.lstrip("+-").isdecimal():
+        return text
+    return f"{number:.{PARAM_DIGITS}g}"
+
+
 def block_key(prefix: str, key: tuple[str, str, str]) -> str:
     """File-safe id of a per-block table/figure: prefix_dataset_sourceword_hash6 (hash of the whole key)."""
     dataset, data_source, _ = key
@@ -251,6 +270,25 @@ def seed_map(group: pd.DataFrame, metric: str) -> dict[int, float]:
                 "ablation/sweep at a time with --run-id PARENT")
         out[int(seed)] = float(value)
     return out
+
+
+def mean_std_columns(group: pd.DataFrame, metrics) -> dict[str, float]:
+    """The CSV columns of a row's metrics: `<metric>` = mean over seeds and `<metric>_std` = sample std
+    (nan, an empty CSV cell, when n < 2): the numbers behind a 'mean ± std' cell, both of them."""
+    out = {}
+    for metric in metrics:
+        ms = mean_std(metric_values(group, metric))
+        out[metric], out[f"{metric}_std"] = ms.mean, ms.std
+    return out
+
+
+def table_frame(records: list[dict]) -> pd.DataFrame:
+    """A table's CSV data; its `n` column as integers (nullable: a published row has no n), so a CSV says
+    3, not 3.0."""
+    df = pd.DataFrame(records)
+    if "n" in df:
+        df["n"] = df["n"].astype("Int64")
+    return df
 
 
 def check_one_run_per_seed(runs: pd.DataFrame) -> None:
@@ -386,10 +424,8 @@ def map_table(key: tuple[str, str, str], block: pd.DataFrame, published: Publish
         rows.append(tuple(cells))
         data.append({"method": labels[rkey], "role": row_role(group), "config_variant": config_variant(group),
                      "data": data_source, "stage": rkey[0], "n": len(group),
-                     **{m: mean_std(metric_values(group, m)).mean for _, _, m in spec},
-                     "fraction_of_ceiling": fractions[rkey],
-                     CLS_METRIC: mean_std(metric_values(group, CLS_METRIC)).mean,
-                     f"{CLS_METRIC}_std": mean_std(metric_values(group, CLS_METRIC)).std})
+                     **mean_std_columns(group, [m for _, _, m in spec]),
+                     "fraction_of_ceiling": fractions[rkey], **mean_std_columns(group, [CLS_METRIC])})
     ref_rule = reference_rule(block)
     rule = len(rows)
     for p in (p for p in published.rows if p.dataset == dataset):
@@ -397,7 +433,9 @@ def map_table(key: tuple[str, str, str], block: pd.DataFrame, published: Publish
         cells += [f"{p.values[k]:.1f}" if k in p.values else "" for k, _, _ in spec] + ["", ""]
         rows.append(tuple(cells))
         data.append({"method": p.method, "role": "published", "config_variant": "", "data": published.data_label,
-                     "stage": "", "n": math.nan, **{m: p.values.get(k, math.nan) / 100 for k, _, m in spec},
+                     "stage": "", "n": math.nan,
+                     **{c: v for k, _, m in spec for c, v in ((m, p.values.get(k, math.nan) / 100),
+                                                              (f"{m}_std", math.nan))},
                      "fraction_of_ceiling": math.nan, CLS_METRIC: math.nan, f"{CLS_METRIC}_std": math.nan})
     notes = _synthetic_note(data_source, published.data_label) + (
         f"Evaluation protocol: {protocol}. Cells: mean ± sample std over seeds (n runs), mAP in percent; "
@@ -412,7 +450,7 @@ def map_table(key: tuple[str, str, str], block: pd.DataFrame, published: Publish
         key=block_key(f"table{n}", key),
         title=f"Table {n} style: {DATASET_TITLES[dataset]} detection mAP (%) by tIoU, this bench on {data_source}",
         columns=columns, rows=tuple(rows), notes=notes,
-        rule_before=tuple(r for r in (ref_rule, rule) if r is not None), data=pd.DataFrame(data),
+        rule_before=tuple(r for r in (ref_rule, rule) if r is not None), data=table_frame(data),
     )
 
 
@@ -489,7 +527,7 @@ def paired_table(key: tuple[str, str, str], block: pd.DataFrame, baseline: str =
         title=f"Paired differences vs '{baseline}' ({DATASET_TITLES[dataset]}, {data_source})",
         columns=("Variant", "Baseline", "Data", "Metric", "n pairs", "Mean diff (pts)", "95% CI (pts)", "Verdict"),
         rows=tuple(rows), notes=tuple(notes), rule_before=() if first_ref is None else (first_ref,),
-        data=pd.DataFrame(data),
+        data=table_frame(data),
     )
 
 
@@ -527,10 +565,9 @@ def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Pu
                      pct_mean_std(metric_values(group, CLS_METRIC))))
         data.append({"variant": labels[rkey], "role": role, "config_variant": config_variant(group),
                      "data": data_source, "stage": rkey[0], "n": len(group),
-                     "test_mAP_0.50": mean_std(metric_values(group, "test_mAP_0.50")).mean,
+                     **mean_std_columns(group, ["test_mAP_0.50"]),
                      "paper_mAP_0.50": math.nan if paper is None else paper / 100,
-                     "fraction_of_ceiling": fractions[rkey],
-                     CLS_METRIC: mean_std(metric_values(group, CLS_METRIC)).mean})
+                     "fraction_of_ceiling": fractions[rkey], **mean_std_columns(group, [CLS_METRIC])})
     paper_col = f"Paper mAP@0.5 ({published.data_label})"
     notes = _synthetic_note(data_source, published.data_label) + (
         f"Paper column: {published.ablation_source}; only THUMOS14 has published ablation numbers, shown only "
@@ -545,7 +582,7 @@ def ablation_table(key: tuple[str, str, str], block: pd.DataFrame, published: Pu
         columns=("Variant", "Paper row", "Data", *(("Stage",) if show_stage else ()), "n", "mAP@0.5 (this bench)",
                  f"vs {baseline}: diff [95% CI]", paper_col,
                  "fraction of ceiling", "gate cls mAP"),
-        rows=tuple(rows), notes=notes, rule_before=() if ref_rule is None else (ref_rule,), data=pd.DataFrame(data),
+        rows=tuple(rows), notes=notes, rule_before=() if ref_rule is None else (ref_rule,), data=table_frame(data),
     )
 
 
@@ -562,8 +599,7 @@ def completeness_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
         cells += [pct_mean_std(metric_values(group, f"test_mAP_{t:.2f}")) for t in high]
         rows.append(tuple(cells))
         data.append({"variant": labels[rkey], "role": row_role(group), "data": data_source, "n": len(group),
-                     "test_coverage": mean_std(cov).mean,
-                     **{f"test_mAP_{t:.2f}": mean_std(metric_values(group, f"test_mAP_{t:.2f}")).mean for t in high}})
+                     **mean_std_columns(group, ["test_coverage"] + [f"test_mAP_{t:.2f}" for t in high])})
     return Table(
         key=block_key("completeness", key),
         title=f"Completeness: ground-truth coverage and high-tIoU mAP ({DATASET_TITLES[dataset]}, {data_source})",
@@ -574,7 +610,7 @@ def completeness_table(key: tuple[str, str, str], block: pd.DataFrame) -> Table:
                "argues EM-MIL's proposals are more complete: higher coverage and higher mAP at high tIoU.",)
         + reference_notes(block),
         rule_before=() if reference_rule(block) is None else (reference_rule(block),),
-        data=pd.DataFrame(data),
+        data=table_frame(data),
     )
 
 

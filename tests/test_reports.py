@@ -263,7 +263,9 @@ def test_every_section_and_format_is_written(built):
     assert "emmil ablate x --seed 0" in md and "hful0; hful1; hful2" in md and "abc1234" in md
     assert info["ids"]["failed"] in md and "status FAILED" in md
     tex = (out / "report.tex").read_text()
-    assert r"\toprule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex and r"\includegraphics" in tex
+    assert r"\includegraphics" in tex and r"\input{tables/" in tex
+    fragments = "".join(p.read_text() for p in (out / "tables").glob("*.tex"))  # report.tex \inputs them
+    assert r"\toprule" in fragments and r"\bottomrule" in fragments and r"$\pm$" in fragments
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert any(f.startswith("timelines_thumos14") for f in figures)
     assert any(f.startswith("val_curves") for f in figures) and any(f.startswith("map_vs_tiou") for f in figures)
@@ -327,7 +329,7 @@ def test_sweep_report_has_search_table_and_optuna_plots(store, tmp_path):
         val = 0.2 + gamma - 10 * lr  # gamma matters most
         study.tell(trial, val)
         tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant="full", seed=0, metrics=None, stage="search",
-                 history=[(1, val / 2), (2, val)], params={"train.lr": f"{lr:.3g}", "train.gamma": f"{gamma:.3g}"})
+                 history=[(1, val / 2), (2, val)], params={"train.lr": str(lr), "train.gamma": str(gamma)})
     for seed in (0, 1):
         tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant="full", seed=seed, stage="final-test",
                  metrics=thumos_metrics(0.3 + 0.01 * seed, 0.7))
@@ -343,6 +345,9 @@ def test_sweep_report_has_search_table_and_optuna_plots(store, tmp_path):
     best = max(study.trials, key=lambda t: t.value)
     first_row = md.split("| Trial | Run |")[1].split("\n")[2]
     assert f"{100 * best.value:.1f}" in first_row
+    # params are logged as str(float) (0.00012345678...): the table prints 4 significant digits (issue 14.10)
+    assert f"| {best.params['lr']:.4g} |" in first_row and f"| {best.params['gamma']:.4g} |" in first_row
+    assert str(best.params["lr"]) not in md and not re.findall(r"\.0*[1-9]\d{4,}", md)
 
 
 def test_cli_writes_the_report_and_exits_2_on_bad_input(store, tmp_path, capsys):
@@ -393,3 +398,119 @@ def test_reference_rows_fraction_of_ceiling_and_gate_column(built):
     assert md.count(NO_REFERENCE_NOTE) == 2 * 4  # (anet12 synthetic, THUMOS14 real) x 4 per-block tables
     t2 = _csv(out, "table2_anet12", SYNTH_ANET)
     assert t2["fraction_of_ceiling"].isna().all() and t2["test_cls_mAP"].isna().all()  # no ceiling, no cls metric
+
+
+# ---------------------------------------------------------------- issue 14.9: partial data
+def _intro_paragraphs(out: Path) -> dict[str, list[str]]:
+    """The intro paragraphs of each format: between the title and the first section."""
+    md = (out / "report.md").read_text().split("\n## ")[0].split("\n\n")[1:]
+    page = (out / "report.html").read_text()
+    html_intro = re.findall(r"<p>(.*?)</p>", page.split("</h1>")[1].split("<h2>")[0])
+    tex = (out / "report.tex").read_text().split("\\subsection*")[0].split("\\section*{")[1]
+    tex = tex.split("}\n", 1)[1].split("\n\n")
+    return {"md": [p.strip() for p in md if p.strip()], "html": html_intro,
+            "tex": [p.strip() for p in tex if p.strip()]}
+
+
+def test_a_partial_run_says_so_first_in_every_format(store, tmp_path):
+    from reports.build import build_report
+
+    uri, tr = store
+    exp = tr.experiment("emmil-part")
+    # An ablation that planned 6 trials and FAILED after 3 finished (one more FAILED, two never started).
+    parent = tr.parent(exp, kind="ablation", experiment="part", dataset="thumos14", source=SYNTH,
+                       extra={"emmil.planned_trials": "6"})
+    tr.client.set_terminated(parent, "FAILED")
+    for seed in (0, 1, 2):
+        tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant="full", seed=seed,
+                 metrics=thumos_metrics(0.3, 0.5))
+    tr.trial(exp, parent, dataset="thumos14", source=SYNTH, variant="joint", seed=0, metrics=None, status="FAILED")
+    out = build_report(uri, parent_run_id=parent, out_dir=tmp_path / "out", formats=("md", "html", "tex"))
+    intro = _intro_paragraphs(out)
+    head = f"Partial results: the parent run {parent} (emmil-part) is FAILED and 3 of 6 planned trials finished"
+    assert intro["md"][0] == head + ("; the tables below cover only the finished trials. Finish the run with "
+                                     "`--resume` and rebuild the report.")
+    assert intro["html"][0] == intro["md"][0]  # nothing to escape in it
+    assert intro["tex"][0].startswith(head.replace("_", r"\_")) and "-{}-resume" in intro["tex"][0]
+    for fmt, paragraphs in intro.items():  # before the generated-from line and the semi-synthetic warning
+        assert paragraphs[1].startswith("Generated ") and paragraphs[3].startswith("WARNING"), fmt
+
+    # Completed: every planned trial FINISHED, parent FINISHED -> no notice.
+    done = tr.parent(exp, kind="ablation", experiment="part", dataset="thumos14", source=SYNTH,
+                     extra={"emmil.planned_trials": "2"})
+    for seed in (0, 1):
+        tr.trial(exp, done, dataset="thumos14", source=SYNTH, variant="full", seed=seed,
+                 metrics=thumos_metrics(0.3, 0.5))
+    md = (build_report(uri, parent_run_id=done, out_dir=tmp_path / "done", formats=("md",)) / "report.md").read_text()
+    assert "Partial results" not in md
+    # A run older than the tag, still RUNNING: judged by its status; its count without a plan.
+    old = tr.parent(exp, kind="ablation", experiment="part", dataset="thumos14", source=SYNTH)
+    tr.client.update_run(old, status="RUNNING")
+    tr.trial(exp, old, dataset="thumos14", source=SYNTH, variant="full", seed=0, metrics=thumos_metrics(0.3, 0.5))
+    intro = _intro_paragraphs(build_report(uri, parent_run_id=old, out_dir=tmp_path / "old", formats=("md", "html",
+                                                                                                       "tex")))
+    assert all("is RUNNING and 1 trial finished (the run has no emmil.planned_trials tag" in p[0]
+               for p in (intro["md"], intro["html"])), intro
+    assert r"is RUNNING and 1 trial finished (the run has no emmil.planned\_trials tag" in intro["tex"][0]
+
+
+# ---------------------------------------------------------------- issue 14.10: CSV tables and LaTeX fragments
+def _csv_text(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's header and rows as the text written (not parsed by pandas, which would read 3 and 3.0 alike)."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_table_csvs_have_std_columns_and_integer_n(built):
+    out, _, _ = built
+    paths = sorted((out / "tables").glob("*.csv"))
+    assert paths
+    for path in paths:
+        header, rows = _csv_text(path)
+        means = [c for c in header if c.startswith("test_") and not c.endswith("_std")]
+        assert all(f"{m}_std" in header for m in means), (path.name, header)
+        if "n" in header:
+            assert all(re.fullmatch(r"\d*", r["n"]) for r in rows), (path.name, [r["n"] for r in rows])
+    [t1] = [p for p in paths if p.name.startswith("table1_thumos14_semi-synthetic")]
+    header, rows = _csv_text(t1)
+    by_method = {r["method"]: r for r in rows}
+    full = by_method["full"]
+    assert full["n"] == "3" and by_method["EM-MIL (paper)"]["n"] == ""
+    assert float(full["test_mAP_0.50_std"]) == pytest.approx(np.std(list(MAP05["full"].values()), ddof=1))
+    assert float(full["test_avg_mAP_std"]) == pytest.approx(
+        np.std([thumos_metrics(v, 0)["test_avg_mAP"] for v in MAP05["full"].values()], ddof=1))
+    assert header.index("test_mAP_0.50_std") == header.index("test_mAP_0.50") + 1  # beside its mean
+    assert by_method["EM-MIL (paper)"]["test_mAP_0.50_std"] == ""
+    # n = 1 (the real-feature block): the std is empty, not 0 and not nan
+    [real] = [p for p in paths if p.name.startswith("table1_thumos14_real")]
+    assert {r["method"]: (r["n"], r["test_mAP_0.50_std"]) for r in _csv_text(real)[1]
+            if r["data"] == REAL} == {"full": ("1", ""), "joint": ("1", "")}
+    [t3] = [p for p in paths if p.name.startswith("table3_thumos14_semi-synthetic")]
+    t3_rows = {r["variant"]: r for r in _csv_text(t3)[1]}
+    assert float(t3_rows["joint"]["test_mAP_0.50_std"]) == pytest.approx(np.std(list(MAP05["joint"].values()), ddof=1))
+
+
+def test_latex_fragment_per_table_matches_its_rows(built):
+    out, _, _ = built
+    tex = (out / "report.tex").read_text()
+    inputs = re.findall(r"\\input\{tables/([^}]+)\.tex\}", tex)
+    fragments = {p.stem: p.read_text() for p in (out / "tables").glob("*.tex")}
+    assert sorted(inputs) == sorted(fragments) and len(inputs) == len(set(inputs))
+    # every table of the report has one (each table has a CSV too)
+    assert {p.stem for p in (out / "tables").glob("*.csv")} <= set(fragments)
+    for name, text in fragments.items():
+        assert r"\documentclass" not in text and r"\begin{document}" not in text, name
+        assert r"\begin{table}" in text and text.rstrip().endswith(r"\end{table}") and r"\toprule" in text, name
+    # The fragment's data rows are the CSV's rows, in order: Table 1 (THUMOS14, semi-synthetic)
+    name = next(n for n in fragments if n.startswith("table1_thumos14_semi-synthetic"))
+    body = fragments[name].splitlines()
+    body = body[body.index(r"\midrule") + 1:body.index(r"\bottomrule")]
+    cells = [ln.removesuffix(r" \\").split(" & ") for ln in body if ln != r"\midrule"]
+    csv_rows = _csv_text(out / "tables" / f"{name}.csv")[1]
+    assert [c[0] for c in cells] == [r["method"].replace("_", r"\_") for r in csv_rows]
+    full = next(c for c in cells if c[0] == "full")
+    sd = np.std([v * 1.4 for v in MAP05["full"].values()], ddof=1)
+    assert full[2:4] == ["3", f"43.4 $\\pm$ {100 * sd:.1f}"]  # n, mAP@0.1 (mean ± std, percent)

@@ -42,6 +42,15 @@ def test_tiny_real_ablation_report_matches_its_tracked_runs(tmp_path):
     logged = {r.data.tags["emmil.variant"]: r.data.metrics for r in children}
     source = children[0].data.tags["emmil.data_source"]
     assert source.startswith("semi-synthetic") and set(logged) == {"full", "attention-mil"}
+    # Every planned trial finished (the harness tags the plan, issue 14.9): the report says nothing is partial.
+    assert client.get_run(outcome.parent_run_id).data.tags.get("emmil.planned_trials") == "2"
+    assert "Partial results" not in md
+    # The parent run carries its report and MLflow's own source-version tag (issue 14.10).
+    parent = client.get_run(outcome.parent_run_id)
+    commit = parent.data.tags["emmil.git_commit"]  # 'unknown' outside a git checkout: then no MLflow tag
+    assert parent.data.tags.get("mlflow.source.git.commit") == (None if commit == "unknown" else commit)
+    attached = {a.path for a in client.list_artifacts(outcome.parent_run_id, "report")}
+    assert {"report/report.md", "report/tables"} <= attached, attached
     table1 = next(pd.read_csv(p) for p in (report / "tables").glob("table1_*.csv"))
     ours = table1[table1["data"] == source].set_index("method")
     for variant, metrics in logged.items():

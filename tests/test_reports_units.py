@@ -281,3 +281,123 @@ def test_unverified_features_are_not_called_semi_synthetic_or_real():
     assert "NOT a reproduction of the paper" in synth[0]
     assert _synthetic_note("real I3D features (W-TALC release, declared by the user)", "x") == (
         "This bench's rows: real I3D features (W-TALC release, declared by the user).",)
+
+
+# ---------------------------------------------------------------- issue 14.9: partial data
+ADVICE = ("; the tables below cover only the finished trials. Finish the run with `--resume` and rebuild the "
+          "report.")
+
+
+def test_a_partial_parent_run_gets_a_notice_naming_its_status_and_trial_count():
+    from reports.build import partial_notice
+
+    # FAILED, tagged 6 planned, 3 finished: the example wording of issue 14.9.
+    assert partial_notice("p1", "emmil-table3", "FAILED", "6", 3) == (
+        "Partial results: the parent run p1 (emmil-table3) is FAILED and 3 of 6 planned trials finished" + ADVICE)
+    # KILLED before any trial finished
+    assert partial_notice("p1", "e", "KILLED", "6", 0).startswith(
+        "Partial results: the parent run p1 (e) is KILLED and 0 of 6 planned trials finished;")
+    # A run older than the tag: judged by its status alone, the plan is said to be unknown.
+    assert partial_notice("p1", "e", "RUNNING", "", 2).startswith(
+        "Partial results: the parent run p1 (e) is RUNNING and 2 trials finished (the run has no "
+        "emmil.planned_trials tag")
+    # FINISHED but fewer trials finished than planned (e.g. a sweep's final stage never ran).
+    assert partial_notice("p1", "e", "FINISHED", "6", 4) == (
+        "Partial results: the parent run p1 (e) is FINISHED but only 4 of 6 planned trials finished" + ADVICE)
+    # Complete: FINISHED with every planned trial (or more: a retried trial leaves two runs), or untagged.
+    assert partial_notice("p1", "e", "FINISHED", "6", 6) is None
+    assert partial_notice("p1", "e", "FINISHED", "6", 7) is None
+    assert partial_notice("p1", "e", "FINISHED", "", 3) is None
+    # A tag that is not a count is said, not skipped.
+    assert "emmil.planned_trials='six', not a trial count" in partial_notice("p1", "e", "FINISHED", "six", 3)
+    assert "is FAILED and 3 trials finished (its tag emmil.planned_trials='six'" in \
+        partial_notice("p1", "e", "FAILED", "six", 3)
+
+
+def test_finished_trials_are_counted_per_parent_and_only_when_finished():
+    from reports.build import finished_trial_count
+
+    trials = pd.DataFrame({"parent_run_id": ["a", "a", "a", "b", "a"],
+                           "status": ["FINISHED", "FAILED", "FINISHED", "FINISHED", "KILLED"]})
+    assert (finished_trial_count(trials, "a"), finished_trial_count(trials, "b")) == (2, 1)
+    assert finished_trial_count(trials, "c") == 0 and finished_trial_count(pd.DataFrame(), "a") == 0
+    # a search trial ASHA stopped early is KILLED with emmil.stopped_early=true: it ended as planned, and
+    # a complete sweep with pruned trials is not "partial"; an interrupted KILLED run still does not count
+    trials["stopped_early"] = [False, False, False, False, True]
+    assert finished_trial_count(trials, "a") == 3
+    trials["stopped_early"] = False
+    assert finished_trial_count(trials, "a") == 2
+
+
+# ---------------------------------------------------------------- issue 14.10: precision, CSVs, LaTeX fragments
+LONG_DECIMAL = r"\.0*[1-9]\d{4,}"  # 5+ significant decimals (0.30512...): full float precision in a cell
+
+
+def test_search_table_prints_logged_params_to_four_significant_digits():
+    import re
+
+    from reports.build import search_table
+    from reports.tables import param_text
+
+    # MLflow keeps params as str(value): an Optuna-sampled lr arrives as '0.000305123456789'.
+    search = pd.DataFrame([
+        {"run_id": "r0000000001", "trial_id": "t0", "status": "FINISHED", "variant": "full", "stage": "search",
+         "val_avg_mAP": 0.30512345678, "param:train.lr": "0.000305123456789",
+         "param:train.gamma": "0.24285714285714285", "param:train.batch": "32", "param:train.optim": "adam"},
+        {"run_id": "r0000000002", "trial_id": "t1", "status": "FINISHED", "variant": "full", "stage": "search",
+         "val_avg_mAP": 0.2, "param:train.lr": "1e-05", "param:train.gamma": "0.5",
+         "param:train.batch": "64", "param:train.optim": "sgd"},
+    ])
+    t = search_table(search)
+    first = dict(zip(t.columns, t.rows[0]))
+    assert (first["train.lr"], first["train.gamma"], first["val_avg_mAP (%)"]) == ("0.0003051", "0.2429", "30.5")
+    assert (first["train.batch"], first["train.optim"]) == ("32", "adam")  # integers and words as logged
+    assert dict(zip(t.columns, t.rows[1]))["train.lr"] == "1e-05"
+    assert t.data.loc[0, "param:train.lr"] == "0.000305123456789"  # the CSV keeps what was logged
+    rep = Report("R", (), (Section("Sweep", tables=(t,)),))
+    for text in (to_markdown(rep), to_html(rep), to_latex(rep)):
+        assert not re.findall(LONG_DECIMAL, text)
+    assert param_text(float("nan")) == "" and param_text("-3") == "-3" and param_text("inf") == "inf"
+
+
+def test_table_csv_data_has_a_std_per_mean_and_integer_n():
+    from reports.tables import ablation_table, completeness_table, load_published, map_table
+
+    block = _block(REFERENCE_BLOCK)
+    t1 = map_table(KEY, block, load_published())
+    data = t1.data.set_index("method")
+    # full avg mAP 0.20, 0.30: sample std 0.1/sqrt(2) = 0.0707
+    assert data.loc["full", "test_avg_mAP_std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert data.loc["full", "test_mAP_0.50_std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert pd.isna(data.loc["EM-MIL (paper)", "test_avg_mAP_std"])  # a published number has no seed spread
+    assert str(t1.data["n"].dtype) == "Int64" and data.loc["full", "n"] == 2 and pd.isna(data.loc["W-TALC", "n"])
+    one = _block([("full", "full", 0, 0.2, 0.8)])
+    t3 = ablation_table(KEY, one, load_published())
+    assert t3.data.loc[0, "test_mAP_0.50"] == pytest.approx(0.2) and pd.isna(t3.data.loc[0, "test_mAP_0.50_std"])
+    comp = completeness_table(KEY, block).data.set_index("variant")
+    assert comp.loc["attention-mil", "test_mAP_0.50_std"] == pytest.approx(0.1 / math.sqrt(2))  # 0.10, 0.20
+    assert comp.loc["full", "test_coverage_std"] == 0.0  # 0.5 on both seeds
+
+
+def test_latex_fragments_are_written_per_table_and_input_by_report_tex(tmp_path):
+    from reports.render import write_report
+
+    a = Table("table1_x", "Table 1 & co", ("Method", "mAP"), (("full_1", "30.5 ± 1.0"), ("joint", "28.0")),
+              rule_before=(1,), notes=("a note",))
+    b = Table("paired_x", "Pairs", ("Variant", "Mean diff"), (("joint", "-2.5"),))
+    rep = Report("R", ("intro",), (Section("S1", tables=(a,)), Section("S2", tables=(b,))))
+    write_report(rep, tmp_path, ("tex",), pd.DataFrame())
+    report_tex = (tmp_path / "report.tex").read_text()
+    for t, rows in ((a, (r"full\_1 & 30.5 $\pm$ 1.0 \\", r"joint & 28.0 \\")), (b, (r"joint & -2.5 \\",))):
+        fragment = (tmp_path / "tables" / f"{t.key}.tex").read_text()
+        assert r"\documentclass" not in fragment and r"\begin{document}" not in fragment
+        lines = fragment.splitlines()
+        body = [ln for ln in lines if not ln.startswith("%")]
+        assert body[0] == r"\begin{table}[ht]" and body[-1] == r"\end{table}"
+        assert r"\toprule" in body and r"\bottomrule" in body
+        # exactly the table's rows, in order, between \midrule (after the header) and \bottomrule
+        cells = [ln for ln in body[body.index(r"\midrule") + 1:body.index(r"\bottomrule")] if ln != r"\midrule"]
+        assert cells == list(rows)
+        assert f"\\input{{tables/{t.key}.tex}}" in report_tex
+    assert r"full\_1" not in report_tex  # the rows are in the fragment only: one source for both
+    assert not list(tmp_path.glob("tables/*.csv"))  # csv not asked for

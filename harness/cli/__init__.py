@@ -25,6 +25,7 @@ COMMANDS = [
     (("ablate",), "ablate", "run an experiment from ablations/ on Ray Tune, tracked in MLflow"),
     (("sweep",), "sweep", "Optuna search through Ray Tune, then retrain the best config on test"),
     (("report",), "report", "build a benchmark report from tracked runs"),
+    (("tracking", "flush"), "tracking_flush", "deliver metrics buffered while the tracking server was down"),
 ]
 
 

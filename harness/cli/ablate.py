@@ -243,9 +243,9 @@ def _finish_ablation(experiment: Experiment, dataset: str, trials: list, rows: l
     end_tags = {"emmil.tracking_closed": ",".join(f"{k}={v}" for k, v in closed.items())}
     if stopped:
         end_tags["emmil.interrupted"] = stopped
-    tracking.finish_run(target.uri, target.parent_run_id, status, end_tags, parent_metrics)
     stage = {"FINISHED": "done", "KILLED": "interrupted"}.get(status, "incomplete")
-    runner.write_state(place, {**state, "stage": stage})
+    runner.write_state(place, {**state, "stage": stage})  # first: `emmil tracking flush` reads the outcome here
+    runner.finish_parent(target, place, status, end_tags, parent_metrics, out)
     out("")
     out(f"{experiment.name} on {dataset} [{meta['source']}], stage ablation, {len(ok)}/{len(trials)} trials ok, "
         f"{wall:.0f} s")
@@ -270,10 +270,7 @@ def _finish_ablation(experiment: Experiment, dataset: str, trials: list, rows: l
 
 def run(args: argparse.Namespace) -> int:
     if args.list:
-        for exp in list_experiments():
-            rows = ", ".join(v.name for v in exp.variants)
-            print(f"{exp.name:<16} {exp.description.splitlines()[0] if exp.description else ''}")
-            print(f"{'':<16} variants: {rows}")
+        print("\n\n".join(describe_experiment(exp) for exp in list_experiments()))
         return 0
     experiment = load_experiment(args.experiment)
     dataset = args.dataset or experiment.dataset
@@ -286,6 +283,23 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_ablation(experiment, dataset=dataset, preset=preset, seeds=seeds, launch=launch,
                                load_data=dataset_loader(dataset, args.data_dir, args))
     return outcome.exit_code
+
+
+def describe_experiment(exp: Experiment, width: int = 100) -> str:
+    """`ablate --list`: the name, the whole description (its first line alone cut sentences off
+    mid-way, issue 14.10), the variants and the file's defaults, wrapped under the name."""
+    import textwrap
+
+    indent = " " * 17
+    lines = [exp.name]
+    for paragraph in (exp.description or "").strip().split("\n\n"):
+        lines += textwrap.wrap(" ".join(paragraph.split()), width, break_on_hyphens=False,
+                               initial_indent=indent, subsequent_indent=indent)
+    lines += textwrap.wrap("variants: " + ", ".join(v.name for v in exp.variants), width, break_on_hyphens=False,
+                           initial_indent=indent, subsequent_indent=indent + "  ")
+    lines.append(f"{indent}defaults: dataset {exp.dataset or '(pass --dataset)'}, {exp.seeds} seeds, "
+                 f"preset {exp.preset or 'paper'}")
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager

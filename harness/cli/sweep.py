@@ -67,6 +67,11 @@ def run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sch
     from harness import runner
 
     check_results_dir(launch.results)  # writable, with free space, before any work
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if final_seeds < 0:
+        raise ConfigError(f"--final-seeds must be >= 0, got {final_seeds}")
+    check_safe_name(study, "--study")  # before the lock file: a refused name writes nothing
     command = command or runner.command_line()
     from harness import stop_signals
 
@@ -86,11 +91,6 @@ def _run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sc
     from harness import runner, stop_signals, tracking
     from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
 
-    if trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {trials}")
-    if final_seeds < 0:
-        raise ConfigError(f"--final-seeds must be >= 0, got {final_seeds}")
-    check_safe_name(study, "--study")
     osearch.check_space(space, dataset, preset)
     base = resolve_config(dataset, preset=preset, overrides={**launch.overrides, **space.fixed})
     max_epochs = base.train.epochs
@@ -249,8 +249,8 @@ def _run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sc
         vals = [r[key] for r in ok if key in r]
         if vals:
             metrics[f"final_{key}_mean"] = sum(vals) / len(vals)
-    tracking.finish_run(target.uri, target.parent_run_id, status, parent_tags, metrics)
     runner.write_state(place, {**state, "stage": "done" if status == "FINISHED" else "final-incomplete"})
+    runner.finish_parent(target, place, status, parent_tags, metrics, out)
     summary = summary_table(final_rows, "variant", TEST_METRICS) if final_seeds else "(no final retrain: --final-seeds 0)"
     out("")
     out(f"sweep {study} on {dataset} [{meta['source']}], {wall:.0f} s")
@@ -270,12 +270,11 @@ def _interrupted(place, target, state: dict, name: str, command: str, final_rows
                  t0: float, out) -> Outcome:
     """After Ctrl-C / SIGTERM or a full disk (`name`: runner.stop_reason) stopped a stage: close what is
     open as interrupted, say how to resume."""
-    from harness import runner, stop_signals, tracking
+    from harness import runner, stop_signals
 
     closed = runner.close_trial_runs(target, place.buffer_dir, final_rows, interrupted=name)
-    tracking.finish_run(target.uri, target.parent_run_id, "KILLED", {"emmil.interrupted": name},
-                        {"wall_seconds": time.time() - t0})
     runner.write_state(place, {**state, "stage": "interrupted"})
+    runner.finish_parent(target, place, "KILLED", {"emmil.interrupted": name}, {"wall_seconds": time.time() - t0}, out)
     out(f"\ninterrupted by {name} after {time.time() - t0:.0f} s ({planned} trials planned); "
         f"{closed['interrupted']} more run(s) closed KILLED as interrupted; finished trials are kept. "
         f"Finish the sweep with:\n  {runner.resume_command(command)}")

@@ -18,6 +18,18 @@ def test_ablate_list_names_every_shipped_experiment(capsys):
     assert "no-pseudo-label, joint, full, attention-mil" in out
 
 
+def test_ablate_list_prints_whole_descriptions(capsys):
+    # issue 14.10: only each description's first line was printed, cutting sentences off mid-way
+    from harness.experiments import list_experiments
+
+    assert main(["ablate", "--list"]) == 0
+    words = capsys.readouterr().out.split()  # wrapping only moves line breaks
+    text = " ".join(words)
+    for exp in list_experiments():
+        assert " ".join(exp.description.split()) in text, exp.name
+        assert f"{exp.seeds} seeds" in text
+
+
 @pytest.mark.parametrize("argv, words", [
     (["ablate", "nope", "--data-dir", "x"], "unknown experiment 'nope'"),
     (["ablate", "table3", "--data-dir", "x", "--results", "/proc/emmil-x"], "cannot create the results directory"),
