@@ -20,6 +20,9 @@ Reference rows (issue 10; they read the ground-truth clip labels of the TRAINING
                    inside any segment; classification head: clip overlaps a segment of class c).
   oracle-key       alternation of `full` with ground-truth key instances in place of Eq. 3 / Eq. 5.
   whole-video      floor: no head trains; one proposal per gated class spanning the video.
+`replay(config, dataset, records, weights)` yields the EpochResults of a training done elsewhere for a
+config that differs only in localiser / evaluation keys, with its own validation metrics (the harness
+trains once for such variants: harness/shared_training.py).
 After training, `evaluate_test` chooses the localiser's lam and gate threshold on the held-out
 training videos (select_localizer), the same grid for every variant, then scores the test split.
 """
@@ -319,7 +322,7 @@ def fit(
         raise ConfigError(f"config key 'dataset' is {config.dataset!r} but the data is {dataset.name!r}")
     dev = choose_device(config.device) if device is None else torch.device(device)
     t = config.train
-    train_videos, val_videos = split_validation(dataset, t.val_fraction, config.seed)
+    train_videos, val_videos = split_validation(dataset, t.val_fraction, config.seed)  # == validation_videos
     _usable(train_videos, dataset.train_subset)
     feats = dataset_tensor(dataset, dev) if features is None else features
     data = _device_data(dataset, train_videos, feats, config.variant)
@@ -375,8 +378,11 @@ def fit(
         rng = _rng_get(dev)
         losses = {k: v / max(batches, 1) for k, v in sums.items()}
         val: dict[str, float] = {}
-        if val_videos and (epoch % t.eval_every == 0 or epoch == t.epochs):
-            val = evaluate_videos(config, dataset, model, val_videos, feats, prefix="val")[0]
+        if evaluates_at(config, epoch, val_videos):
+            # reads config.localize and train.exclude_ambiguous, which nothing else in fit reads; selects
+            # nothing and leaves no trace in training (the RNG state is saved above, _set_mode resets
+            # every module's mode next epoch): runs that differ only there train identical weights
+            val = validation_metrics(config, dataset, model, val_videos, feats)
         generation[0] = epoch
         snapshot = dict(epoch=epoch, rng=rng)
 
@@ -403,6 +409,73 @@ def fit(
             seconds=time.perf_counter() - t0,
             model=model,
             _state_fn=state_fn,
+        )
+
+
+def validation_videos(config: RunConfig, dataset: Dataset) -> tuple[Video, ...]:
+    """The held-out training videos `fit` validates on (the seeded split of train.val_fraction)."""
+    return split_validation(dataset, config.train.val_fraction, config.seed)[1]
+
+
+def evaluates_at(config: RunConfig, epoch: int, val_videos: tuple[Video, ...]) -> bool:
+    """Whether `fit` computes validation metrics after `epoch` (every train.eval_every and the last)."""
+    return bool(val_videos) and (epoch % config.train.eval_every == 0 or epoch == config.train.epochs)
+
+
+def validation_metrics(config: RunConfig, dataset: Dataset, model: EMMIL, val_videos: tuple[Video, ...],
+                       features: torch.Tensor) -> dict[str, float]:
+    """EpochResult.val: val_mAP_*, val_avg_mAP, val_cls_mAP, val_coverage of `model` on `val_videos`,
+    localised with `config.localize`."""
+    return evaluate_videos(config, dataset, model, val_videos, features, prefix="val")[0]
+
+
+def epoch_record(result: EpochResult) -> dict[str, Any]:
+    """Plain data (JSON) of a trained epoch: what `replay` needs besides the weights."""
+    return {"epoch": result.epoch, "total_epochs": result.total_epochs, "step": result.step, "lr": result.lr,
+            "losses": dict(result.losses), "seconds": result.seconds, "evaluated": bool(result.val)}
+
+
+def replay(
+    config: RunConfig,
+    dataset: Dataset,
+    records: list[dict] | tuple[dict, ...],
+    weights: Callable[[int], dict],
+    *,
+    device: torch.device | str | None = None,
+    features: torch.Tensor | None = None,
+    start: int = 1,
+) -> Iterator[EpochResult]:
+    """The EpochResults of a training done elsewhere, as `fit(config, ...)` would yield them, from epoch
+    `start` on: `records` are `epoch_record`s of that training (every epoch, in order) and `weights(e)`
+    its state dict after epoch e, needed for every evaluated epoch and the last. The training must be
+    `config`'s but for the localiser / evaluation keys (harness.shared_training): losses, lr and seconds
+    are the recorded ones; validation metrics are recomputed with `config`, and the last result's model
+    holds the final weights (for evaluate_test). state() is a small marker {version, config_hash, epoch,
+    replayed: True} (no model: a resumed replay starts again from the records)."""
+    if config.dataset != dataset.name:
+        raise ConfigError(f"config key 'dataset' is {config.dataset!r} but the data is {dataset.name!r}")
+    if len(records) != config.train.epochs or [int(r["epoch"]) for r in records] != list(range(1, len(records) + 1)):
+        raise ValueError(f"replay: records of epochs {[r.get('epoch') for r in records]} for a "
+                         f"{config.train.epochs}-epoch config")
+    dev = choose_device(config.device) if device is None else torch.device(device)
+    feats = dataset_tensor(dataset, dev) if features is None else features
+    model = build_model(config, dataset, dev)
+    val_videos = validation_videos(config, dataset)
+    for record in records[max(start, 1) - 1:]:
+        epoch = int(record["epoch"])
+        last = epoch == config.train.epochs
+        if bool(record["evaluated"]) != evaluates_at(config, epoch, val_videos):
+            raise ValueError(f"replay: epoch {epoch} was {'' if record['evaluated'] else 'not '}validated, "
+                             "which this config would not do: another training")
+        if record["evaluated"] or last:
+            model.load_state_dict(weights(epoch))
+        val = validation_metrics(config, dataset, model, val_videos, feats) if record["evaluated"] else {}
+        snapshot = {"version": STATE_VERSION, "config_hash": _hash(config), "epoch": epoch, "replayed": True}
+        yield EpochResult(
+            epoch=epoch, total_epochs=config.train.epochs, step=str(record["step"]), lr=float(record["lr"]),
+            losses={k: float(v) for k, v in record["losses"].items()}, val=val,
+            seconds=float(record["seconds"]),  # the training's time for the epoch (its validation included)
+            model=model, _state_fn=lambda _s=snapshot: dict(_s),
         )
 
 

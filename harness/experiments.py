@@ -11,6 +11,7 @@ the key: a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -165,7 +166,8 @@ def list_experiments(directory: Path = ABLATIONS_DIR) -> list[Experiment]:
 
 
 def expand_trials(experiment: Experiment, seeds: int, first_seed: int = 0) -> list[TrialSpec]:
-    """Variants x seeds, seed-major: 2 variants x 2 seeds -> [a-s0, b-s0, a-s1, b-s1].
+    """Variants x seeds, seed-major: 2 variants x 2 seeds -> [a-s0, b-s0, a-s1, b-s1] (trials that
+    reuse another's training last: `_trainers_first`).
 
     Seed-major so that a long ablation stopped part-way (a paper-preset Table 3 on a CPU takes hours)
     has every variant at its first seeds done, which is a comparable table, rather than all seeds of
@@ -178,7 +180,24 @@ def expand_trials(experiment: Experiment, seeds: int, first_seed: int = 0) -> li
         for variant in experiment.variants:
             merged = {**experiment.overrides, **variant.overrides}
             trials.append(TrialSpec(f"{variant.name}-s{seed}", variant.name, seed, merged))
-    return trials
+    return _trainers_first(trials)
+
+
+def _trainers_first(trials: list[TrialSpec]) -> list[TrialSpec]:
+    """Seed-major order, but a trial that will reuse an earlier trial's training (same seed, overrides
+    that differ only in inference-only keys: harness.shared_training) goes after every trial that
+    trains. Tune starts trials in this order: `lambda` x 3 seeds runs its 3 trainings side by side
+    first, instead of one training with the other slots waiting for it. Trials with identical
+    overrides as the first are its replicates, each trains (shared_training's ALONE), and keep their place; an
+    experiment without such trials (table3) keeps the plain seed-major order."""
+    from harness.shared_training import training_group
+
+    first: dict[tuple[int, str], str] = {}  # (seed, training group) -> overrides of its first trial
+    trainers, reusers = [], []
+    for t in trials:
+        full = json.dumps(dict(t.overrides), sort_keys=True, default=str)
+        (trainers if first.setdefault((t.seed, training_group(t.overrides)), full) == full else reusers).append(t)
+    return trainers + reusers
 
 
 # ---------------------------------------------------------------------------------------------

@@ -272,12 +272,15 @@ def emmil_trial(config: dict, data=None) -> None:
 
     config = {"trial": {trial_id, name, variant, seed, overrides}, "run": {dataset, preset, stage,
     eval_test, experiment, tracking, tags, buffer_dir, fail_once}, plus, in a search, the sampled
-    values under their dotted config keys ("train.gamma": 0.2, ...).
+    values under their dotted config keys ("train.gamma": 0.2, ...); optional run["share_training"]
+    (default True, or $EMMIL_SHARE_TRAINING=0): trials that differ only in inference-only keys train
+    once (harness.shared_training) and each replays that training with its own localiser.
     """
     for key, value in TRIAL_MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
     from emmil import train as core
     from emmil.config import config_hash, resolve_config
+    from harness import shared_training
     from harness.tracking import TrackingTarget, TrialRun, trial_uri
 
     from harness.optuna_search import search_params
@@ -293,6 +296,21 @@ def emmil_trial(config: dict, data=None) -> None:
     state_file = trial_state_file(run["state_dir"], trial_id)
     blob = read_trial_state(state_file, marker_epoch(tune.get_checkpoint()))
     state, run_id, last_report = blob.get("state"), blob.get("run_id"), blob.get("report")
+    done_epoch = int(state["epoch"]) if state is not None else 0
+
+    # Score once, localise per variant (harness.shared_training, issue 14.10): a trial whose config
+    # differs from another's only in inference-only keys (localize.*, train.exclude_ambiguous) reuses
+    # that trial's training (REPLAY), waiting for it when it is still running; the first one TRAINs and
+    # saves it under <results>/<name>/shared-training/. A replay recomputes its own val_* per epoch and
+    # its test metrics from the saved weights: == what training it again would give.
+    shared = shared_training.for_trial(Path(run["state_dir"]).parent, cfg, data, device, trial_id)
+    claim = shared_training.Claim(shared_training.ALONE, str(blob.get("trained_by") or trial_id))
+    if done_epoch < cfg.train.epochs and shared_training.enabled(run):
+        claim = shared.claim()
+    resume = state if state is not None and "model" in state else None  # a replay's state holds no model
+    # a trial that replayed epochs 1..k and must now train (the shared training vanished) trains them
+    # again without reporting or logging them twice
+    skip_through = done_epoch if resume is None and claim.mode != shared_training.REPLAY else 0
 
     import ray
 
@@ -307,6 +325,8 @@ def emmil_trial(config: dict, data=None) -> None:
         "emmil.gpu_ids": gpu_ids or "none",
         "emmil.config_hash": config_hash(cfg),
         "emmil.stage": run["stage"],
+        "emmil.training_key": shared.key,  # equal for trials that train the same weights
+        "emmil.trained_by": claim.trained_by,  # the trial that trained them (this one unless it replayed)
     }
     buffer = Path(run["buffer_dir"]) / f"{_safe_file_name(trial_id)}.jsonl"
     target = TrackingTarget(**{**run["tracking"], "uri": trial_uri(run["tracking"]["uri"])})
@@ -322,39 +342,59 @@ def emmil_trial(config: dict, data=None) -> None:
     features = shared_features(data, device)
     # 1.0 when the trial trains on the object store's buffer itself (CPU): no private copy of the data
     zero_copy = float(features.data_ptr() == data.features.ctypes.data)
+    if done_epoch >= cfg.train.epochs:
+        epochs = iter(())  # finished before: see below
+    elif claim.mode == shared_training.REPLAY:
+        epochs = core.replay(cfg, data, claim.records, shared.weights, device=device, features=features,
+                             start=done_epoch + 1)
+    else:
+        epochs = core.fit(cfg, data, device=device, resume=resume, features=features)
+    training = claim.mode == shared_training.TRAIN
     yielded = False
-    for result in core.fit(cfg, data, device=device, resume=state, features=features):
-        yielded = True
-        _maybe_fail(run.get("fail_once"), trial_id, result.epoch)
-        metrics = _epoch_metrics(result)
-        if result.epoch > logged_through:
-            tracker.log_metrics(metrics, step=result.epoch)
-        report: dict[str, Any] = {**metrics, "epoch": result.epoch, "total_epochs": result.total_epochs}
-        last = result.epoch >= result.total_epochs
-        if last:
-            outcome = None
-            final: dict[str, float] = dict(metrics)
-            if run["eval_test"]:
-                outcome = core.evaluate_test(cfg, data, result.model, device=device, features=features)
-                final = {k: float(v) for k, v in outcome.metrics.items()}
-                tracker.log_metrics(final, step=result.epoch)
-                report.update(final)
-            model = result.model if keeps_model(run.get("keep_models", "all"), run["stage"]) else None
-            tracker.log_artifacts(_write_artifacts(trial_dir / "artifacts", cfg, final, outcome, model, data))
-            tracker.terminate("FINISHED")
-            delivered = tracker.flush_with_retries()
-        else:
-            # a search trial can be stopped by the scheduler at any report: deliver every epoch
-            delivered = tracker.maybe_flush(0.0 if run["stage"] == "search" else FLUSH_EVERY_S)
-        report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
-                       "mlflow_run_id": tracker.run_id or "", "trial_key": trial_id,
-                       "variant": tags["emmil.variant"], "seed": cfg.seed,
-                       "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device),
-                       "features_zero_copy": zero_copy})
-        write_trial_state(state_file, {"state": result.state(), "run_id": tracker.run_id, "report": report})
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / MARKER_FILE).write_text(json.dumps({"epoch": result.epoch}))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+    try:
+        for result in epochs:
+            _maybe_fail(run.get("fail_once"), trial_id, result.epoch)
+            last = result.epoch >= result.total_epochs
+            if training:  # before this epoch's state file: a resumed trainer finds epochs <= its state saved
+                shared.record_epoch(core.epoch_record(result),
+                                    result.model.state_dict if result.val or last else None)
+                if last:
+                    shared.finish(result.total_epochs)  # done.json, lock released: the others go on now
+            if result.epoch <= skip_through:
+                continue
+            yielded = True
+            metrics = _epoch_metrics(result)
+            if result.epoch > logged_through:
+                tracker.log_metrics(metrics, step=result.epoch)
+            report: dict[str, Any] = {**metrics, "epoch": result.epoch, "total_epochs": result.total_epochs}
+            if last:
+                outcome = None
+                final: dict[str, float] = dict(metrics)
+                if run["eval_test"]:
+                    outcome = core.evaluate_test(cfg, data, result.model, device=device, features=features)
+                    final = {k: float(v) for k, v in outcome.metrics.items()}
+                    tracker.log_metrics(final, step=result.epoch)
+                    report.update(final)
+                model = result.model if keeps_model(run.get("keep_models", "all"), run["stage"]) else None
+                tracker.log_artifacts(_write_artifacts(trial_dir / "artifacts", cfg, final, outcome, model, data))
+                tracker.terminate("FINISHED")
+                delivered = tracker.flush_with_retries()
+            else:
+                # a search trial can be stopped by the scheduler at any report: deliver every epoch
+                delivered = tracker.maybe_flush(0.0 if run["stage"] == "search" else FLUSH_EVERY_S)
+            report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
+                           "mlflow_run_id": tracker.run_id or "", "trial_key": trial_id,
+                           "variant": tags["emmil.variant"], "seed": cfg.seed,
+                           "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device),
+                           "features_zero_copy": zero_copy, "trained_by": claim.trained_by,
+                           "shared_training": claim.mode, "shared_wait_seconds": shared.waited_s})
+            write_trial_state(state_file, {"state": result.state(), "run_id": tracker.run_id, "report": report,
+                                           "trained_by": claim.trained_by})
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / MARKER_FILE).write_text(json.dumps({"epoch": result.epoch}, allow_nan=False))
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+    finally:
+        shared.release()  # a crash or a stop (Tune ends the thread at a report) never keeps the lock
     if not yielded and last_report is not None:
         # Restored from the checkpoint of its LAST epoch (the driver died before recording the trial as
         # finished): nothing is left to train; report the final result again so Tune has it.
