@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import statistics
 import subprocess
 import sys
@@ -212,7 +211,10 @@ def write_outputs(out: Path, header: dict[str, Any], points: list[dict[str, Any]
     record = {**header, "points": points, "chosen": chosen,
               "chosen_params": points[chosen]["params"] if chosen is not None else None}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
+    from bench.common import strict_json
+
+    # strict JSON: a metric of a degenerate point (NaN coverage, NaN mAP) becomes null
+    (out / "calibration.json").write_text(strict_json(record, indent=2) + "\n")
     names = list(header["grid"])
     floor = sum(TALNET) / len(TALNET) + SUPERVISED_MARGIN
     subset = f", max_videos {header['max_videos']}" if header["max_videos"] else ""

@@ -10,6 +10,8 @@
   of PSS over a tree counts each shared page once, and USS is what a process alone holds.
 - `emit_result()` / `parse_result()`: every benchmark prints ONE final JSON object line; run_all.py
   reads the last stdout line that parses as a JSON object.
+- `strict_json()`: every JSON a benchmark writes or prints, strict (no NaN/Infinity tokens, which
+  other tools' parsers reject): a figure that could not be measured (NaN, inf) becomes null.
 
 Imports only the standard library, psutil and (lazily) torch, so `--help` stays fast.
 """
@@ -273,6 +275,22 @@ def stopwatch() -> Iterator[dict]:
         t["seconds"] = time.perf_counter() - start
 
 
+def finite_or_null(value):
+    """`value` with every non-finite float (at any depth of dicts/lists/tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(value, **options) -> str:
+    """json.dumps of `value` with non-finite figures as null, and allow_nan=False as the guarantee."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **options)
+
+
 RESULT_PREFIX = ""  # the final line is a bare JSON object: `{"benchmark": ..., ...}`
 
 
@@ -282,7 +300,7 @@ def emit_result(name: str, figures: dict, *, machine: dict | None = None) -> dic
     if machine is not None:
         record["machine"] = machine
     sys.stdout.flush()
-    print(json.dumps(record, sort_keys=False, default=str), flush=True)
+    print(strict_json(record, sort_keys=False, default=str), flush=True)
     return record
 
 

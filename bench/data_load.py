@@ -29,7 +29,7 @@ ds = load_wtalc(sys.argv[1], "thumos14")
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
 print(json.dumps({"features_bytes": int(ds.features.nbytes), "peak_growth_bytes": int(peak - before),
-                  "load_seconds": seconds, "clips": int(ds.features.shape[0])}))
+                  "load_seconds": seconds, "clips": int(ds.features.shape[0])}, allow_nan=False))
 """
 
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     print(f"features {res['features_bytes'] / 2**20:.0f} MiB ({res['clips']} clips x {2 * args.dim}); "
           f"load {res['load_seconds']:.2f} s; peak RSS growth {res['peak_growth_bytes'] / 2**20:.0f} MiB "
           f"= {res['peak_over_features']:.2f} x the feature array")
-    print(json.dumps(res))
+    print(json.dumps(res, allow_nan=False))  # ints, timings and a ratio of two positive sizes: finite
     shutil.rmtree(args.work, ignore_errors=True)
     return 0
 

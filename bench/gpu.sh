@@ -140,8 +140,8 @@ if abl_log.exists():  # progress lines "[i/N] trial <name> done ..." (the count 
 log = out / "pytest_cuda.log"
 if log.exists():
     res["pytest_cuda_summary"] = (log.read_text().strip().splitlines() or [""])[-1]
-(out / "gpu_results.json").write_text(json.dumps(res, indent=2))
-print(json.dumps({k: res[k] for k in ("smoke", "steps", "ablation")}))
+(out / "gpu_results.json").write_text(json.dumps(res, indent=2, allow_nan=False))
+print(json.dumps({k: res[k] for k in ("smoke", "steps", "ablation")}, allow_nan=False))
 PY
 FAILED=$(awk -F'\t' '$2 != 0 {print $1}' "$STATUS_FILE" | tr '\n' ' ')
 if [[ -n "$FAILED" ]]; then echo "gpu.sh: failed steps: $FAILED (see $OUTDIR/*.log)"; exit 1; fi

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit_result, machine_description, matmul_flops  # noqa: E402
+from bench.common import emit_result, machine_description, matmul_flops, strict_json  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -241,10 +242,13 @@ def summarise_nvidia_smi(path: Path) -> dict:
             if len(row) < 4:
                 continue
             try:
-                util.append(float(row[2]))
-                mem.append(float(row[3]))
+                u, m = float(row[2]), float(row[3])
             except ValueError:
                 continue  # a header or an "[N/A]"
+            if not (math.isfinite(u) and math.isfinite(m)):
+                continue  # float() reads "nan"/"inf": a sample that measured nothing
+            util.append(u)
+            mem.append(m)
     if not util:
         return {"samples": 0}
     return {
@@ -265,7 +269,7 @@ def cmd_gpu_util(args) -> dict:
 
 def _write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str))
+    path.write_text(strict_json(record, indent=2, default=str))
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,6 @@ harness benchmarks use the quick preset at dim 64, memory uses dim 256): see BEN
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, bench_env, machine_description, out_dir, parse_result  # noqa: E402
+from bench.common import REPO, bench_env, machine_description, out_dir, parse_result, strict_json  # noqa: E402
 
 # name -> (script, arguments, time limit in seconds). Sizes chosen for ~10 minutes on 2 cores.
 SUITE: dict[str, tuple[str, list[str], int]] = {
@@ -137,10 +136,11 @@ def main(argv=None) -> int:
         report["results"][name] = res
         if "error" in res:
             failed.append(name)
-        print(f"[run_all] {name}: {json.dumps(res)[:400]}", flush=True)
-        output.write_text(json.dumps(report, indent=2, default=str))  # partial results survive a kill
+        print(f"[run_all] {name}: {strict_json(res, default=str)[:400]}", flush=True)
+        # partial results survive a kill; strict: a child's line may carry NaN (json.loads reads it)
+        output.write_text(strict_json(report, indent=2, default=str))
     report["total_seconds"] = round(time.perf_counter() - start, 1)
-    output.write_text(json.dumps(report, indent=2, default=str))
+    output.write_text(strict_json(report, indent=2, default=str))
     print(f"[run_all] {len(names) - len(failed)}/{len(names)} ok in {report['total_seconds']} s -> {output}")
     if failed:
         print(f"[run_all] failed: {', '.join(failed)}")

@@ -11,7 +11,10 @@ authors' released code for what the paper leaves open (head architecture, gate t
   3. a YAML file (nested sections or dotted keys),
   4. `overrides` (dotted keys; values may be strings from `--set k=v` and are parsed),
   5. the explicit `variant` / `seed` arguments.
-Unknown keys and invalid values raise ConfigError naming the key.
+`dataset` and `preset` may be left None when the file names them (a run's own config.yaml does: it
+round-trips to the config that wrote it); given both ways and different, they are refused by name
+rather than one silently winning. Unknown keys, non-string keys and invalid values raise ConfigError
+naming the file and the key.
 """
 
 from __future__ import annotations
@@ -240,22 +243,40 @@ def _field_types(cls) -> dict[str, Any]:
 
 
 def _flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Nested {'train': {'gamma': 0.1}} or dotted {'train.gamma': 0.1} -> dotted keys."""
+    """Nested {'train': {'gamma': 0.1}} or dotted {'train.gamma': 0.1} -> dotted keys. A key given
+    both ways is refused (one of the two values would be dropped silently)."""
     flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if key in flat:
+            raise ConfigError(f"{source}: config key {key!r} is set twice (nested and dotted)")
+        flat[key] = value
+
     for key, value in mapping.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"{source}: config key {short_repr(key)} is not a string")
-        if key in SECTIONS and isinstance(value, Mapping):
+        _check_key(key, source)
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: config section {key!r} must be a mapping of its keys to values, "
+                                  f"got {short_repr(value)}")
             for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
+                _check_key(sub, f"{source}: section {key!r}")
+                put(f"{key}.{sub}", v)
         else:
-            flat[key] = value
+            put(key, value)
     return flat
+
+
+def _check_key(key: Any, source: str) -> None:
+    # YAML reads `1: x`, `null: 3`, `true: 1` as int/None/bool keys: a typo, never a config key
+    if not isinstance(key, str):
+        raise ConfigError(f"{source}: config key {short_repr(key)} is not a string "
+                          f"(type {type(key).__name__}; keys are names like 'train.lr')")
 
 
 def _apply(values: dict[str, Any], updates: Mapping[str, Any], source: str) -> None:
     """Check every key is known and parse its value; updates `values` (dotted key -> value) in place."""
     for key, raw in updates.items():
+        _check_key(key, source)
         if key in TOP_LEVEL:
             typ = "int" if key == "seed" else "str"
         elif "." in key and key.split(".", 1)[0] in SECTIONS:
@@ -271,11 +292,22 @@ def _apply(values: dict[str, Any], updates: Mapping[str, Any], source: str) -> N
                 f"{source}: unknown config key {short_repr(key)}; expected one of {list(TOP_LEVEL)} or "
                 f"'<section>.<field>' with section in {list(SECTIONS)}"
             )
-        values[key] = _parse_value(key, raw, typ)
+        try:
+            values[key] = _parse_value(key, raw, typ)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None  # which file or flag the bad value came from
 
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError naming the first invalid key; return cfg unchanged."""
+    problem = first_invalid(cfg)
+    if problem is not None:
+        raise ConfigError(problem[1])
+    return cfg
+
+
+def first_invalid(cfg: RunConfig) -> tuple[str, str] | None:
+    """(key, message) of the first invalid value of `cfg`, or None when every value is valid."""
     from emmil.localize import thresholds_ok  # the localiser owns the spec's syntax
 
     m, t, loc = cfg.model, cfg.train, cfg.localize
@@ -316,8 +348,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, ok, message in checks:
         if not ok:
             value = cfg.to_flat_dict()[key]
-            raise ConfigError(f"config key {key!r} = {short_repr(value)}: {message}")
-    return cfg
+            return key, f"config key {key!r} = {short_repr(value)}: {message}"
+    return None
 
 
 def _build(values: Mapping[str, Any]) -> RunConfig:
@@ -332,46 +364,77 @@ def _build(values: Mapping[str, Any]) -> RunConfig:
     return RunConfig(**top, **{name: SECTIONS[name](**kw) for name, kw in sections.items()})
 
 
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The file's keys, flattened to dotted keys (UTF-8, no aliases or tags, bounded depth)."""
+    loaded = load_yaml(path, "config file", error=ConfigError)
+    if loaded is None:  # an empty file: no overrides
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values, got "
+                          f"{short_repr(loaded)} (type {type(loaded).__name__}) at the top level")
+    return _flatten(loaded, str(path))
+
+
+def _choose(key: str, argument: str | None, from_file: Mapping[str, Any], path: Path | None,
+            choices: tuple[str, ...], default: str | None) -> str:
+    """`dataset` / `preset`: the argument, else the file's value, else `default`. Both given and
+    different: refused (a file holding a full config would otherwise be layered on the wrong
+    dataset's or preset's defaults, or silently override what was asked for)."""
+    in_file = from_file.get(key)
+    if argument is not None and key in from_file and in_file != argument:
+        raise ConfigError(f"{path}: config key {key!r} is {short_repr(in_file)} but the run asks for "
+                          f"{argument!r} (--{key}); drop --{key} to use the file's, or edit the file")
+    value = argument if argument is not None else in_file if key in from_file else default
+    if value is None:
+        raise ConfigError(f"config key {key!r}: not given; pass --{key} or a config file that sets {key!r}")
+    if value not in choices:
+        where = f"{path}: " if argument is None and key in from_file else ""
+        raise ConfigError(f"{where}config key {key!r}: unknown {key} {short_repr(value)}; expected one of {choices}")
+    return value
+
+
 def resolve_config(
-    dataset: str,
+    dataset: str | None = None,
     *,
-    preset: str = "paper",
+    preset: str | None = None,
     variant: str | None = None,
     seed: int | None = None,
     config_file: str | Path | None = None,
     overrides: Mapping[str, object] = {},
 ) -> RunConfig:
-    """The resolved, validated RunConfig (see the module docstring for the precedence order)."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"config key 'dataset': unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if preset not in PRESETS:
-        raise ConfigError(f"config key 'preset': unknown preset {preset!r}; expected one of {PRESETS}")
+    """The resolved, validated RunConfig (see the module docstring for the precedence order).
+
+    dataset / preset None: the config file's, else (preset only) "paper"."""
+    path = Path(config_file) if config_file is not None else None
+    from_file = _read_config_file(path) if path is not None else {}
+    dataset = _choose("dataset", dataset, from_file, path, DATASETS, None)
+    preset = _choose("preset", preset, from_file, path, PRESETS, "paper")
     values: dict[str, Any] = {"dataset": dataset, "preset": preset}
-    _apply(values, DATASET_DEFAULTS[dataset], "dataset defaults")
-    _apply(values, PRESET_OVERRIDES[preset], f"preset {preset!r}")
-    if config_file is not None:
-        path = Path(config_file)
-        loaded = load_yaml(path, "config file", error=ConfigError)  # UTF-8, no aliases, bounded depth
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
-        flat = _flatten(loaded, str(path))
-        if "dataset" in flat and flat["dataset"] != dataset:
-            raise ConfigError(f"{path}: config key 'dataset' is {short_repr(flat['dataset'])} but the run is on {dataset!r}")
-        if "preset" in flat and flat["preset"] != preset:
-            raise ConfigError(f"{path}: config key 'preset' is {short_repr(flat['preset'])} but the run uses {preset!r}")
-        _apply(values, flat, str(path))
+    origin: dict[str, str] = {}  # key -> the file or flag that set it last, for the range errors below
+
+    def layer(updates: Mapping[str, Any], source: str) -> None:
+        _apply(values, updates, source)
+        origin.update(dict.fromkeys(updates, source))
+
+    layer(DATASET_DEFAULTS[dataset], "dataset defaults")
+    layer(PRESET_OVERRIDES[preset], f"preset {preset!r}")
+    layer(from_file, str(path))
     overrides = dict(overrides)
     for key in ("dataset", "preset"):
         if key in overrides and str(overrides[key]) != values[key]:
             raise ConfigError(f"override of config key {key!r} is not allowed; pass it as an argument")
-    _apply(values, overrides, "--set")
+    layer(overrides, "--set")
     if variant is not None:
-        _apply(values, {"variant": variant}, "variant argument")
+        layer({"variant": variant}, "variant argument")
     if seed is not None:
-        _apply(values, {"seed": seed}, "seed argument")
-    return validate(_build(values))
+        layer({"seed": seed}, "seed argument")
+    cfg = _build(values)
+    problem = first_invalid(cfg)
+    if problem is not None:
+        key, message = problem
+        source = origin.get(key)
+        raise ConfigError(f"{source}: {message}" if source in (str(path), "--set") else message)
+    return cfg
 
 
 def parse_set_args(items: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -395,5 +458,5 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
 
 def config_hash(cfg: RunConfig) -> str:
     """12 hex chars identifying the resolved config (sha256 of its sorted flat dict)."""
-    payload = json.dumps(cfg.to_flat_dict(), sort_keys=True, default=str).encode()
+    payload = json.dumps(cfg.to_flat_dict(), sort_keys=True, default=str, allow_nan=False).encode()  # validated: finite
     return hashlib.sha256(payload).hexdigest()[:12]

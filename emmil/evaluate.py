@@ -465,7 +465,7 @@ def detection_map(
     )  # (K, C)
     if not classes:
         warnings.warn(f"{ground_truth_name}: no ground-truth segment{'' if subset is None else f' in subset {subset!r}'}"
-                      "; mAP is undefined (nan)", EvaluationWarning, stacklevel=2)
+                      "; mAP is undefined (NaN here, null in `emmil eval --json`)", EvaluationWarning, stacklevel=2)
     mAP = ap.mean(axis=1) if len(classes) else np.full(len(thr), np.nan)
     protocol = (
         f"ActivityNet detection mAP, tIoU {_tiou_text(thr)}, "

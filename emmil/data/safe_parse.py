@@ -5,7 +5,9 @@
   by MAX_DEPTH (a 100k-deep `[[[...]]]` used to end in RecursionError), NaN/Infinity parsed as NaN
   so that the callers' finiteness checks name the field.
 - `load_yaml`: the same for YAML, plus aliases (`*a`) refused: an alias bomb (`a: &a [x, x]`,
-  `b: &b [*a, *a]`, ... ) is a few hundred bytes that expand to gigabytes when walked or printed.
+  `b: &b [*a, *a]`, ... ) is a few hundred bytes that expand to gigabytes when walked or printed;
+  tags SafeLoader cannot build (`!!python/object:...`) refused by name, and duplicate keys refused.
+  Errors are one line: `FILE: not valid YAML (<problem> at line L column C)`.
 - `short_repr`: a bounded repr for error messages (a value from a file can be arbitrarily large).
 """
 
@@ -140,13 +142,44 @@ class _StrictLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node, deep=False):
+        mapping = super().construct_mapping(node, deep=deep)
+        if len(mapping) != len(node.value):  # a repeated key: SafeLoader keeps the last one silently
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {short_repr(key)} (a second entry would silently replace the "
+                        "first)", key_node.start_mark)
+                seen.add(key)
+        return mapping
+
+    def construct_refused_tag(self, node):
+        # SafeLoader's message ("could not determine a constructor") does not say this is deliberate
+        raise yaml.constructor.ConstructorError(
+            None, None, f"tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} refused (only plain YAML: mappings, lists, strings, numbers, booleans, "
+            "null; python/* tags would build arbitrary objects)", node.start_mark)
+
+
+_StrictLoader.add_constructor(None, _StrictLoader.construct_refused_tag)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (PyYAML's own text spans several lines with a source excerpt)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        return "; ".join(x for x in (exc.context, exc.problem) if x) + where
+    return " ".join(str(exc).split())
+
 
 def parse_yaml(text: str, where: str, *, error=DataError) -> Any:
     """yaml.safe_load of `text` without aliases and with bounded nesting; errors name `where`."""
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise error(f"{where}: not valid YAML ({exc})") from None
+        raise error(f"{where}: not valid YAML ({_yaml_problem(exc)})") from None
     except RecursionError:  # pragma: no cover - compose_node stops at max_depth first
         raise error(f"{where}: YAML nested more than {MAX_DEPTH} levels deep") from None
 

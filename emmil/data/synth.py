@@ -610,7 +610,7 @@ def write_synthetic(name: str, out_dir, *, dim: int, seed: int, max_videos: int 
             "videos": len(dataset.videos),
             "clips": int(dataset.features.shape[0]),
         }
-        (tmp / SYNTHETIC_MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (tmp / SYNTHETIC_MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
         check_target(out_dir)  # nobody filled it meanwhile
         if out_dir.exists():
             out_dir.rename(old)

@@ -11,7 +11,6 @@ video, videos the loader dropped left out). Output: {"database": {video: {"subse
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +43,7 @@ def pick_subset(present, wanted: str | None, default: str, where: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from emmil.data.loading import load_dataset
-    from harness.cli.evaluate import check_out, write_out
+    from harness.cli.evaluate import check_out, strict_json, write_out
 
     out = check_out(args.out, "--out")  # before the (possibly minutes long) feature load
     from harness.cli.data_options import data_kwargs
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     subset = pick_subset((v.subset for v in dataset.videos), args.subset, dataset.test_subset,
                          f"{args.dataset} at {args.data_dir}")
     gt = dataset.ground_truth(subset)
-    write_out(out, json.dumps(gt, indent=1, allow_nan=False) + "\n", "--out")
+    write_out(out, strict_json(gt, "--out", out, indent=1) + "\n", "--out")  # the loader checked every number finite
     segments = sum(len(e["annotations"]) for e in gt["database"].values())
     classes = len({a["label"] for e in gt["database"].values() for a in e["annotations"]})
     print(f"wrote {out}: {len(gt['database'])} videos, {segments} segments, {classes} classes "

@@ -3,6 +3,10 @@
 Prints the mAP row in percent (`--per-class`: a classes x tIoU AP table above it); `--json OUT`
 writes fractions in [0, 1]:
 {"tiou", "mAP", "average_mAP", "per_class_AP": {label: [..]}, "protocol", "counts": {...}, ...}.
+The JSON is strict (no NaN/Infinity): an undefined value is `null` with a reason beside it,
+`<key>_reason` (`mAP_reason`, `average_mAP_reason`: no ground-truth segment at all;
+`per_class_AP_reason`: {label: why} for a class of the ground-truth file with no segment among the
+evaluated videos, e.g. only in another subset). The table prints such values as `n/a` / `-`.
 
 Traps it guards against (issue 14.8), each reported on stderr, never silently:
 * `--subset` is matched case-insensitively (the shipped THUMOS14 JSON says "Test", W-TALC "test");
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import warnings
@@ -69,6 +74,15 @@ def check_out(path: str, flag: str = "--json") -> Path:
     if out.parent.exists() and not out.parent.is_dir():
         raise DataError(f"{flag} {out}: {out.parent} is not a directory")
     return out
+
+
+def strict_json(value, flag: str, out: Path, **options) -> str:
+    """json.dumps with allow_nan=False: a NaN/Infinity left in `value` is an error naming the file
+    (other tools' JSON parsers reject those tokens), never a file that only Python can read back."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError as exc:
+        raise DataError(f"{flag} {out}: refusing to write a non-finite number (NaN or Infinity) as JSON ({exc})") from None
 
 
 def write_out(out: Path, text: str, flag: str = "--json") -> None:
@@ -229,27 +243,62 @@ def run(args: argparse.Namespace) -> int:
     notes += [f"warning: {w.message}" for w in caught]
     for line in notes:
         print(line, file=sys.stderr)
-    print(format_table(result, per_class=args.per_class))
+    absent = classes_without_segments(ground_truth, subset, result.per_class_AP)
+    print(format_table(result, per_class=args.per_class, absent=absent))
     if args.json:
-        out = {
-            "tiou": [round(float(t), 6) for t in result.tiou],
-            "mAP": [float(x) for x in result.mAP],
-            "average_mAP": float(result.average_mAP),
-            "per_class_AP": {c: [float(x) for x in ap] for c, ap in result.per_class_AP.items()},
-            "protocol": result.protocol,
-            "counts": result.counts,
-            "subset": subset,
-            "ground_truth": str(args.ground_truth),
-            "predictions": str(args.predictions),
-        }
-        write_out(out_path, json.dumps(out, indent=2) + "\n")
+        out = {**result_document(result, subset, absent),
+               "ground_truth": str(args.ground_truth), "predictions": str(args.predictions)}
+        write_out(out_path, strict_json(out, "--json", out_path, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
 
-def format_table(result, per_class: bool = False) -> str:
-    """Protocol, counts, then AP (%) rows: one per class with `per_class`, then mAP; last column = mean
-    over the tIoU grid. Columns are 6 wide, the label column as wide as the longest label."""
+def classes_without_segments(ground_truth, subset: str | None, scored) -> dict[str, str]:
+    """label -> reason, for labels of the ground-truth file absent from `scored` (the classes with a
+    segment among the evaluated videos): their AP is undefined, not 0, and they are not in the mAP."""
+    labels = {a["label"] for _, e in _entries(ground_truth) if isinstance(e.get("annotations"), list)
+              for a in e["annotations"] if isinstance(a, Mapping) and isinstance(a.get("label"), str)}
+    where = "the ground truth" if subset is None else f"subset {subset!r}"
+    reason = f"no ground-truth segments of this class in {where}: AP undefined, not counted in the mAP"
+    return {label: reason for label in sorted(labels - set(scored))}
+
+
+def _finite_or_none(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def result_document(result, subset: str | None, absent: Mapping[str, str]) -> dict:
+    """The --json document: fractions, with null + `<key>_reason` where a value is undefined (mAP of a
+    ground truth without segments; the AP of `absent` classes), so that the file is strict JSON."""
+    mAP = [_finite_or_none(x) for x in result.mAP]
+    average = _finite_or_none(result.average_mAP)
+    per_class = {c: [_finite_or_none(x) for x in ap] for c, ap in result.per_class_AP.items()}
+    where = "the ground truth" if subset is None else f"subset {subset!r}"
+    no_segments = f"no ground-truth segments in {where}: no class to average over, mAP undefined"
+    doc: dict = {"tiou": [round(float(t), 6) for t in result.tiou], "mAP": mAP}
+    if None in mAP:
+        doc["mAP_reason"] = no_segments
+    doc["average_mAP"] = average
+    if average is None:
+        doc["average_mAP_reason"] = no_segments
+    merged = {**per_class, **dict.fromkeys(absent)}
+    doc["per_class_AP"] = {c: merged[c] for c in sorted(merged)}
+    if absent:
+        doc["per_class_AP_reason"] = dict(absent)
+    doc.update(protocol=result.protocol, counts=result.counts, subset=subset)
+    return doc
+
+
+def percent_cell(x) -> str:
+    """A 6-wide AP cell in percent; `n/a` for an undefined (NaN) value."""
+    return f"{100 * x:6.2f}" if math.isfinite(x) else f"{'n/a':>6}"
+
+
+def format_table(result, per_class: bool = False, absent: Mapping[str, str] = {}) -> str:
+    """Protocol, counts, then AP (%) rows: one per class with `per_class` (`-` in every column for an
+    `absent` class: AP undefined), then mAP (`n/a` when undefined); last column = mean over the tIoU
+    grid. Columns are 6 wide, the label column as wide as the longest label."""
     c = result.counts
     lines = [
         result.protocol,
@@ -259,11 +308,13 @@ def format_table(result, per_class: bool = False) -> str:
         f"ambiguous removed {c['predictions_ambiguous_removed']})",
     ]
     head = "AP (%) at tIoU" if per_class else "tIoU"
-    rows = result.per_class_AP if per_class else {}
+    rows = {**result.per_class_AP, **dict.fromkeys(absent)} if per_class else {}
     width = max([len(head), len("mAP (%)"), *(len(k) for k in rows)])
     lines.append(f"{head:{width}s} " + " ".join(f"{t:6.2f}" for t in result.tiou) + "    avg")
-    for label, ap in rows.items():
-        lines.append(f"{label:{width}s} " + " ".join(f"{100 * x:6.2f}" for x in ap) + f" {100 * ap.mean():6.2f}")
-    lines.append(f"{'mAP (%)':{width}s} " + " ".join(f"{100 * x:6.2f}" for x in result.mAP)
-                 + f" {100 * result.average_mAP:6.2f}")
+    for label in sorted(rows):
+        ap = rows[label]
+        cells = [f"{'-':>6}"] * (len(result.tiou) + 1) if ap is None else [percent_cell(x) for x in (*ap, ap.mean())]
+        lines.append(f"{label:{width}s} " + " ".join(cells))
+    lines.append(f"{'mAP (%)':{width}s} " + " ".join(percent_cell(x) for x in result.mAP)
+                 + f" {percent_cell(result.average_mAP)}")
     return "\n".join(lines)

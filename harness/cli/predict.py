@@ -13,12 +13,11 @@ or --subset S / --videos. Per-video layout without --annotations: features only,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from emmil.errors import DataError
-from harness.cli.evaluate import check_out, write_out
+from harness.cli.evaluate import check_out, strict_json, write_out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,11 +169,13 @@ def run(args: argparse.Namespace) -> int:
     dataset, videos = _load_data(args, loaded)
     device = choose_device(args.device or loaded.config.device)
     predictions, scores = predict(loaded, dataset, videos, device=device)
-    write_out(out, json.dumps(predictions), "--out")
+    # strict JSON: the model file's weights and the features are checked finite, so a NaN here is a bug,
+    # refused by name rather than written as a token other JSON readers reject
+    write_out(out, strict_json(predictions, "--out", out), "--out")
     count = sum(len(p) for p in predictions["results"].values())
     print(f"wrote {out}: {count} proposals for {len(videos)} videos ({dataset.source}, {device})")
     if timelines_out is not None:
         timelines = prediction_timelines(loaded.predict_config, dataset, videos, scores, predictions)
-        write_out(timelines_out, json.dumps(timelines), "--timelines")
+        write_out(timelines_out, strict_json(timelines, "--timelines", timelines_out), "--timelines")
         print(f"wrote {timelines_out}")
     return 0
