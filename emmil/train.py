@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 import warnings
@@ -810,5 +811,32 @@ def train_run(
         "device": str(dev),
         "history": history,
     }
-    _write_atomic(finished, json.dumps(metrics, indent=1))
+    _write_atomic(finished, json.dumps(finite_or_null(metrics), indent=1, allow_nan=False))
     return metrics
+
+
+UNDEFINED_KEY = "undefined_metrics"
+
+
+def finite_or_null(metrics: dict) -> dict:
+    """`metrics` for a strict JSON file (issue 13): every NaN/inf number, at any depth, becomes null and
+    its dotted key is listed under `undefined_metrics` with why it can happen. Sources: an mAP on a
+    split without ground-truth segments, a coverage with no segment to cover, losses of a run that
+    diverged. The in-memory metrics (MLflow, Tune) keep the NaN."""
+    undefined: list[str] = []
+
+    def clean(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            undefined.append(key)
+            return None
+        return value
+
+    out = clean(metrics, "")
+    if undefined:
+        out[UNDEFINED_KEY] = {"keys": undefined, "reason": "not a finite number: undefined on this data (e.g. "
+                              "no ground-truth segment in the split) or a diverged loss"}
+    return out

@@ -254,7 +254,10 @@ def _write_artifacts(out_dir: Path, cfg, metrics: Mapping[str, float], outcome, 
     evaluated on test, predictions.json, timelines.json; model.pt (emmil.model_file) when `model` is given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
-    (out_dir / "metrics.json").write_text(json.dumps(dict(metrics), indent=1, sort_keys=True))
+    from emmil.train import finite_or_null
+
+    (out_dir / "metrics.json").write_text(json.dumps(finite_or_null(dict(metrics)), indent=1, sort_keys=True,
+                                                     allow_nan=False))  # strict JSON: NaN -> null (issue 13)
     if outcome is not None:
         (out_dir / "predictions.json").write_text(json.dumps(outcome.predictions))
         (out_dir / "timelines.json").write_text(json.dumps(outcome.timelines))

@@ -149,3 +149,22 @@ def test_every_json_written_is_strict(written):
         strict_load(path)
     metrics = strict_load(written["run"] / "metrics.json")
     assert set(metrics["timing"]) == {"train_seconds", "wall_seconds", "epoch_seconds"}
+
+
+def test_metrics_json_turns_every_non_finite_number_into_null_and_names_it():
+    # issue 13: metrics.json of `emmil train` and of each trial held NaN (an mAP on a split without
+    # ground truth, a diverged loss). Hand-made: two NaN (one nested in history), one inf, finite kept.
+    import math
+
+    from emmil.train import UNDEFINED_KEY, finite_or_null
+
+    metrics = {"test_avg_mAP": math.nan, "test_mAP_0.50": 0.25, "timing": {"train_seconds": math.inf},
+               "history": [{"loss": 1.5}, {"loss": math.nan}], "device": "cpu"}
+    out = finite_or_null(metrics)
+    text = json.dumps(out, allow_nan=False)  # would raise ValueError on a NaN left behind
+    back = json.loads(text)
+    assert back["test_avg_mAP"] is None and back["test_mAP_0.50"] == 0.25 and back["device"] == "cpu"
+    assert back["timing"]["train_seconds"] is None and back["history"] == [{"loss": 1.5}, {"loss": None}]
+    assert back[UNDEFINED_KEY]["keys"] == ["test_avg_mAP", "timing.train_seconds", "history[1].loss"]
+    assert math.isnan(metrics["test_avg_mAP"])  # the caller's dict is untouched
+    assert UNDEFINED_KEY not in finite_or_null({"a": 1.0})
