@@ -5,11 +5,12 @@ driver must stop its trials within seconds, close every unfinished MLflow run an
 interrupted (never FINISHED, never left RUNNING), deliver buffered metrics, say how to resume and exit
 128 + the signal number (130 / 143).
 
-How: while a run is open (`deferred()`), the first signal is only recorded; the Tune loop polls it
-through harness.ray_tune.StopOnSignal (Tune checks `stop_all` every step, so trials stop within about a
-second) and the driver's code after Tune returns takes the interrupted path. Before a run opens (data
-loading, Ray start) nothing needs closing, so a signal raises KeyboardInterrupt at once, as Python's
-default Ctrl-C does. A second signal always raises at once: the user insists.
+How: inside `deferred()` (ablate: from Ray's start on; sweep: the whole run) the first signal is only
+recorded; the Tune loop polls it through harness.ray_tune.StopOnSignalOrFullDisk (Tune checks
+`stop_all` every step, so trials stop within about a second) and the driver's code after Tune returns
+takes the interrupted path. Outside it (ablate's data loading) nothing needs closing, so a signal
+raises KeyboardInterrupt at once, as Python's default Ctrl-C does. A second signal always raises at
+once: the user insists.
 
 Tune's own SIGINT handler is switched off (TUNE_DISABLE_SIGINT_HANDLER, harness.ray_tune): it would
 replace ours while Tune runs and handles neither SIGTERM nor our bookkeeping.

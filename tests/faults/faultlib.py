@@ -252,3 +252,29 @@ def make_sqlite_store(path: Path) -> str:
 
 def rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def resume_twin_and_compare(argv: list[str], env: dict[str, str], log: Path, uri: str, epochs: int):
+    """Run the TWIN ablation `argv` again with --resume after a fault hit trial `a`; check it finished
+    both trials, one FINISHED run each with every epoch once, and `a`'s test metrics == those of `b`,
+    which the fault never touched. Returns (run of a, number of duplicated runs)."""
+    resumed = Cli(argv + ["--resume"], env, log)
+    try:
+        code = resumed.wait(timeout=300)
+    finally:
+        if resumed.proc.poll() is None:
+            resumed.kill_group()
+    out = resumed.output()
+    assert code == 0, out[-3000:]
+    assert "2/2 trials ok" in out
+    c, parents, children = mlflow_tree(uri, "emmil-twin")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    duplicated = sum(len(runs) - 1 for runs in children.values())
+    assert duplicated == 0 and sorted(children) == ["twin/a-s0", "twin/b-s0"]
+    a, b = children["twin/a-s0"][0], children["twin/b-s0"][0]
+    for run in (a, b):
+        assert run.info.status == "FINISHED"
+        assert steps(c, run.info.run_id, "loss") == list(range(1, epochs + 1))
+    final_a = {k: v for k, v in a.data.metrics.items() if k.startswith("test_")}
+    assert len(final_a) >= 10 and final_a == {k: v for k, v in b.data.metrics.items() if k.startswith("test_")}
+    return a, duplicated

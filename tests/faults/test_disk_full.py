@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from faultlib import TINY_SET, TWIN, Cli, env_for, mlflow_tree, report, steps, trial_worker, wait_for
+from faultlib import TINY_SET, TWIN, Cli, env_for, mlflow_tree, report, resume_twin_and_compare, trial_worker, wait_for
 
 EPOCHS = 60  # a tiny epoch is 0.03-0.4 s: the disk fills mid-trial
 TMPFS_MIB = 240  # the start needs 200 MiB free (harness.experiments.check_results_dir)
@@ -105,25 +105,7 @@ def test_disk_full_mid_run_stops_cleanly_and_resume_completes(tmp_path, fault_da
     assert not list(state_dir.glob(".*.tmp")), "a half-written state file was left behind"
 
     (results / "filler.bin").unlink()
-    resumed = Cli(argv + ["--resume"], env_for(ray_tmp), tmp_path / "resume.log")
-    try:
-        resume_code = resumed.wait(timeout=300)
-    finally:
-        if resumed.proc.poll() is None:
-            resumed.kill_group()
-    out2 = resumed.output()
-    assert resume_code == 0, out2[-3000:]
-    assert "2/2 trials ok" in out2
-    c, parents, children = mlflow_tree(uri, "emmil-twin")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    duplicated = sum(len(runs) - 1 for runs in children.values())
-    assert duplicated == 0 and sorted(children) == ["twin/a-s0", "twin/b-s0"]
-    a, b = children["twin/a-s0"][0], children["twin/b-s0"][0]
-    for run in (a, b):
-        assert run.info.status == "FINISHED"
-        assert steps(c, run.info.run_id, "loss") == list(range(1, EPOCHS + 1))
-    final_a = {k: v for k, v in a.data.metrics.items() if k.startswith("test_")}
-    assert len(final_a) >= 10 and final_a == {k: v for k, v in b.data.metrics.items() if k.startswith("test_")}
+    _, duplicated = resume_twin_and_compare(argv, env_for(ray_tmp), tmp_path / "resume.log", uri, EPOCHS)
     shutil.rmtree(results / "twin", ignore_errors=True)
     report("results disk full mid-run (ablate --resume)", injected=1, completed=2, total=2, lost=0,
            duplicated=duplicated,

@@ -25,7 +25,10 @@ import optuna
 import psutil
 import yaml
 
-from faultlib import TINY_SET, TWIN, Cli, env_for, latest_checkpoint, mlflow_tree, report, steps, trial_worker, wait_for
+from faultlib import (
+    TINY_SET, TWIN, Cli, env_for, latest_checkpoint, mlflow_tree, report, resume_twin_and_compare, steps,
+    trial_worker, wait_for,
+)
 
 EPOCHS = 60  # a tiny epoch takes 0.1-0.4 s: long enough that the signal lands mid-trial
 
@@ -109,26 +112,8 @@ def test_sigterm_closes_runs_as_interrupted_and_resume_matches_the_uninterrupted
     assert json.loads((results / "twin" / "harness.json").read_text())["stage"] == "interrupted"
 
     # --resume finishes both; a continues in its run and equals the uninterrupted b
-    resumed = Cli(argv + ["--resume"], env_for(ray_tmp), tmp_path / "resume.log")
-    try:
-        resume_code = resumed.wait(timeout=300)
-    finally:
-        if resumed.proc.poll() is None:
-            resumed.kill_group()
-    out2 = resumed.output()
-    assert resume_code == 0, out2[-3000:]
-    assert "2/2 trials ok" in out2
-    c, parents, children = mlflow_tree(uri, "emmil-twin")
-    assert parents[0].info.status == "FINISHED"
-    duplicated = sum(len(runs) - 1 for runs in children.values())
-    assert duplicated == 0 and sorted(children) == ["twin/a-s0", "twin/b-s0"]
-    a, b = children["twin/a-s0"][0], children["twin/b-s0"][0]
-    assert a.info.run_id == run_a.info.run_id
-    for run in (a, b):
-        assert run.info.status == "FINISHED"
-        assert steps(c, run.info.run_id, "loss") == list(range(1, EPOCHS + 1))
-    final_a = {k: v for k, v in a.data.metrics.items() if k.startswith("test_")}
-    assert len(final_a) >= 10 and final_a == {k: v for k, v in b.data.metrics.items() if k.startswith("test_")}
+    a, duplicated = resume_twin_and_compare(argv, env_for(ray_tmp), tmp_path / "resume.log", uri, EPOCHS)
+    assert a.info.run_id == run_a.info.run_id  # continued in its own run
 
     report("driver SIGTERM mid-trial (ablate --resume)", injected=1, completed=2, total=2, lost=0,
            duplicated=duplicated,
