@@ -7,7 +7,7 @@ RESULTS ?= results/demo
 $(BIN)/emmil: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,dashboard]'  # dashboard: tests/harness/test_dashboards.py runs optuna-dashboard
 	touch $(BIN)/emmil
 
 install: $(BIN)/emmil

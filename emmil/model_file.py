@@ -56,7 +56,7 @@ class LoadedModel(NamedTuple):
     rgb_dim: int
     flow_dim: int
     clip_seconds: float
-    path: str  # the file it was read from, for messages
+    path: str  # the file it was read from (or load_model's `name` for it), for messages
 
     @property
     def predict_config(self) -> RunConfig:
@@ -116,16 +116,16 @@ def _package_version() -> str:
     return __version__
 
 
-def _read(path: Path) -> Any:
+def _read(path: Path, shown: str) -> Any:
     """torch.load with weights_only=True: only tensors and plain containers are admitted, so a crafted
-    pickle's __reduce__ payload is refused before anything runs."""
+    pickle's __reduce__ payload is refused before anything runs. `shown`: the file's name in messages."""
     try:
         with warnings.catch_warnings():  # torch's note on a non-default pickle protocol: the error says it all
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, OSError, UnicodeDecodeError, zipfile.BadZipFile, MemoryError) as exc:
-        raise DataError(f"{path}: not a valid emmil model file (cannot be read as tensors and plain "
+        raise DataError(f"{shown}: not a valid emmil model file (cannot be read as tensors and plain "
                         f"containers; nothing in it was run): {_reason(exc)}") from None
 
 
@@ -138,22 +138,27 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def _bad(path: Path, field: str, why: str) -> DataError:
+def _bad(path: str, field: str, why: str) -> DataError:
     return DataError(f"{path}: not a valid emmil model file: field {field!r} {why}")
 
 
-def _int_field(raw: dict, path: Path, field: str) -> int:
+def _int_field(raw: dict, path: str, field: str) -> int:
     value = raw[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _bad(path, field, f"must be an integer >= 1, found {value!r:.80}")
     return value
 
 
-def load_model(path) -> LoadedModel:
+def load_model(path, *, name: str | None = None) -> LoadedModel:
     """Read and check a model file (or the model.pt of a run directory). Every defect (missing file,
-    crafted or truncated pickle, missing/unknown keys, wrong shapes) -> DataError naming the file."""
-    path = model_path(path)
-    raw = _read(path)
+    crafted or truncated pickle, missing/unknown keys, wrong shapes) -> DataError naming the file.
+
+    `name`: what messages and `LoadedModel.path` call the file instead of its path, for a copy whose
+    path means nothing to the user (`emmil predict runs:/<id>` downloads model.pt into a temporary
+    folder and names it runs:/<id>/model.pt)."""
+    local = model_path(path)
+    path = name or str(local)  # from here on only in messages
+    raw = _read(local, path)
     if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
         raise DataError(f"{path}: not an emmil model file (no 'format': {MODEL_FORMAT!r} entry)")
     if raw.get("version") != MODEL_VERSION:
@@ -188,10 +193,10 @@ def load_model(path) -> LoadedModel:
         raise _bad(path, "clip_seconds", f"must be a positive number of seconds, found {clip_seconds!r:.40}")
     model = _build(path, config, raw["state_dict"], rgb_dim, flow_dim, len(classes))
     return LoadedModel(config=config, model=model, classes=tuple(classes), localize=localize, rgb_dim=rgb_dim,
-                       flow_dim=flow_dim, clip_seconds=float(clip_seconds), path=str(path))
+                       flow_dim=flow_dim, clip_seconds=float(clip_seconds), path=path)
 
 
-def _build(path: Path, config: RunConfig, state: Any, rgb_dim: int, flow_dim: int, num_classes: int) -> EMMIL:
+def _build(path: str, config: RunConfig, state: Any, rgb_dim: int, flow_dim: int, num_classes: int) -> EMMIL:
     """EMMIL of the stored shape with the stored parameters (strict: no key missing or extra)."""
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):

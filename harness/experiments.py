@@ -248,6 +248,12 @@ def parse_param(key: str, spec: object, where: str) -> Param:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: 'choices' must be a non-empty list (empty range)")
+        for i, choice in enumerate(choices):  # Optuna stores scalars; NaN never equals itself (issue 13)
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ConfigError(f"{where}: choices[{i}] is {choice!r}; expected a finite number")
+            if not isinstance(choice, (str, int, float)):  # bool is an int
+                raise ConfigError(f"{where}: choices[{i}] is {short_repr(choice)}; expected a number, string or "
+                                  "boolean")
         if len(set(map(repr, choices))) != len(choices):
             raise ConfigError(f"{where}: 'choices' has duplicates: {short_repr(choices)}")
         return Param(key, dist, choices=tuple(choices))

@@ -53,8 +53,8 @@ def search_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_space(space: SearchSpace, dataset: str, preset: str) -> None:
-    """Resolve the config at both ends of every range: an unknown key or a value the config rejects
-    raises ConfigError naming the space file."""
+    """Resolve the config at both ends of every range and at every categorical choice: an unknown key or
+    a value the config rejects raises ConfigError naming the space file."""
     from emmil.config import resolve_config
 
     if space.dataset is not None and space.dataset != dataset:
@@ -62,7 +62,10 @@ def check_space(space: SearchSpace, dataset: str, preset: str) -> None:
     low = sample_point(space)
     high = {p.key: (p.choices[-1] if p.distribution == "categorical" else
                     int(p.high) if p.distribution == "int" else p.high) for p in space.params}
-    for point in (low, high):
+    # every choice of a categorical (a middle one can be the only invalid value), the ends of ranges
+    points = [low, high] + [{**low, p.key: c} for p in space.params if p.distribution == "categorical"
+                            for c in p.choices[1:-1]]
+    for point in points:
         try:
             cfg = resolve_config(dataset, preset=preset, overrides={**space.fixed, **point})
             resolve_config(dataset, preset=preset, overrides={**space.fixed, **point, **space.final_overrides})

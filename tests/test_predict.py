@@ -239,3 +239,137 @@ def test_rerun_removes_the_stale_model_until_it_finishes(trained, tmp_path, monk
         train_mod.train_run(trained["config"], trained["dataset"], run, progress=False)
     assert not (run / MODEL_FILE).exists() and not (run / "metrics.json").exists()
     assert not os.path.exists(run / (MODEL_FILE + ".tmp"))
+
+
+# ---------------------------------------------------------------------------------------- from MLflow
+
+
+@pytest.fixture(scope="module")
+def tracked(trained, template_store, tmp_path_factory):
+    """The MLflow tree a harness run writes, without Ray: a copy of the session's template SQLite store,
+    a parent run and two trial runs logged through harness.tracking.TrialRun, their artifact folders
+    written by the trials' own writer (harness.ray_tune._write_artifacts) under the --keep-models policy
+    `best`: `kept` (an ablation trial: model.pt) and `search` (a sweep's search trial: no model.pt).
+    The model is the `trained` fixture's; its test metrics are recomputed by evaluate_test as a trial's."""
+    from emmil.train import evaluate_test
+    from harness import tracking
+    from harness.ray_tune import _write_artifacts, keeps_model
+
+    root = tmp_path_factory.mktemp("tracked")
+    shutil.copy(template_store, root / "mlflow.db")
+    uri = tracking.sqlite_uri(root / "mlflow.db")
+    exp = tracking.prepare_store(uri, "emmil-unit", root / "mlartifacts")
+    parent = tracking.start_parent_run(uri, exp, "unit", {"emmil.kind": "ablation"})
+    target = tracking.TrackingTarget(uri=uri, experiment_id=exp, parent_run_id=parent, experiment_name="emmil-unit")
+    cfg, ds = trained["config"], trained["dataset"]
+    model = load_model(trained["run"]).model
+    outcome = evaluate_test(cfg, ds, model, device="cpu")
+    final = {k: float(v) for k, v in outcome.metrics.items()}
+    ids = {"parent": parent}
+    for name, stage in (("kept", "ablation"), ("search", "search")):
+        run = tracking.TrialRun(target, f"unit/{name}", {"emmil.stage": stage}, root / f"{name}.jsonl")
+        run.log_params(cfg.to_flat_dict())
+        metrics = final if stage != "search" else {"val_avg_mAP": 0.5}  # a search trial never sees test
+        run.log_metrics(metrics, step=cfg.train.epochs)
+        keep = model if keeps_model("best", stage) else None
+        run.log_artifacts(_write_artifacts(root / name, cfg, metrics, outcome if stage != "search" else None,
+                                           keep, ds))
+        run.terminate("FINISHED")
+        assert run.flush(), run.last_error
+        ids[name] = run.run_id
+    return {"uri": uri, "ids": ids, "root": root}
+
+
+@pytest.fixture
+def no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_predict_from_an_mlflow_run_then_eval_gives_the_runs_metric_exactly(trained, tracked, tmp_path, capsys,
+                                                                          monkeypatch, no_env_uri):
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id = tracked["uri"], tracked["ids"]["kept"]
+    downloads = []
+    real = MlflowClient.download_artifacts
+
+    def spy(self, rid, path, dst_path=None):
+        downloads.append((rid, path))
+        return real(self, rid, path, dst_path)
+
+    monkeypatch.setattr(MlflowClient, "download_artifacts", spy)
+    data = ["--data-dir", str(trained["data"])]
+    uri_form = tmp_path / "uri.json"
+    assert main(["predict", f"runs:/{run_id}", "--tracking-uri", uri, *data, "--out", str(uri_form)]) == 0
+    assert f"model: runs:/{run_id}/model.pt: full on thumos14" in capsys.readouterr().err
+    bare = tmp_path / "bare.json"  # a bare run id with --tracking-uri
+    assert main(["predict", run_id, "--tracking-uri", uri, *data, "--out", str(bare)]) == 0
+    env = tmp_path / "env.json"  # runs:/ with the URI from MLflow's own variable
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["predict", f"runs:/{run_id}", *data, "--out", str(env)]) == 0
+    assert downloads == [(run_id, "model.pt")] * 3  # only the model file, not the run's other artifacts
+    assert uri_form.read_bytes() == bare.read_bytes() == env.read_bytes()
+    # the trial's own predictions artifact, byte for byte
+    assert uri_form.read_bytes() == (tracked["root"] / "kept" / "predictions.json").read_bytes()
+
+    gt = tmp_path / "gt.json"
+    ds = trained["dataset"]
+    gt.write_text(json.dumps(ds.ground_truth(ds.test_subset)))
+    assert main(["eval", str(gt), str(uri_form), "--dataset", "thumos14", "--subset", "test",
+                 "--json", str(tmp_path / "ev.json")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    logged = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics  # what the run's MLflow page shows
+    assert len(ev["tiou"]) == 7
+    assert ev["mAP"] == [logged[f"test_mAP_{t:.2f}"] for t in ev["tiou"]]  # exact, not approx
+    assert ev["average_mAP"] == logged["test_avg_mAP"] > 0
+
+
+def test_mlflow_run_without_model_is_refused_naming_the_run_and_keep_models(trained, tracked, tmp_path, capsys,
+                                                                          no_env_uri):
+    run_id = tracked["ids"]["search"]
+    err = _error(capsys, ["predict", f"runs:/{run_id}", "--tracking-uri", tracked["uri"], "--data-dir",
+                          str(trained["data"]), "--out", str(tmp_path / "p.json")])
+    assert f"MLflow run {run_id} (unit/search, stage search, FINISHED) has no model.pt artifact" in err
+    assert "'config.yaml'" in err and "--keep-models all" in err and "final-test run" in err
+    assert not (tmp_path / "p.json").exists()
+    parent = tracked["ids"]["parent"]  # the parent of an ablation holds no model: pass a trial
+    err = _error(capsys, ["predict", parent, "--tracking-uri", tracked["uri"], "--data-dir", str(trained["data"]),
+                          "--out", str(tmp_path / "p.json")])
+    assert f"MLflow run {parent}" in err and "parent run" in err
+
+
+def test_unknown_mlflow_run_and_missing_tracking_uri_are_refused(trained, tracked, tmp_path, capsys, no_env_uri):
+    out = ["--data-dir", str(trained["data"]), "--out", str(tmp_path / "p.json")]
+    unknown = "0123456789abcdef0123456789abcdef"
+    for model in (f"runs:/{unknown}", unknown):
+        err = _error(capsys, ["predict", model, "--tracking-uri", tracked["uri"], *out])
+        assert f"MLflow run '{unknown}': no such run at {tracked['uri']}" in err
+    # runs:/ without --tracking-uri or $MLFLOW_TRACKING_URI: which store is meant is not guessed
+    err = _error(capsys, ["predict", f"runs:/{tracked['ids']['kept']}", *out])
+    assert "needs a tracking URI" in err and "--tracking-uri" in err
+    # a bare run id without --tracking-uri is a local path that does not exist: the error says how to mean a run
+    err = _error(capsys, ["predict", unknown, *out])
+    assert f"pass runs:/{unknown} or --tracking-uri" in err
+    absent = tmp_path / "absent.db"  # no store is created there just to report that the run is not in it
+    err = _error(capsys, ["predict", f"runs:/{unknown}", "--tracking-uri", f"sqlite:///{absent}", *out])
+    assert f"sqlite:///{absent}: no such SQLite file" in err and not absent.exists()
+    # with --tracking-uri MODEL is a run id; a local run directory is not silently read instead
+    err = _error(capsys, ["predict", str(trained["run"]), "--tracking-uri", tracked["uri"], *out])
+    assert "is an MLflow run id" in err and str(trained["run"]) in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_crafted_pickle_logged_as_a_runs_model_is_refused_and_not_run(trained, tracked, tmp_path, capsys, no_env_uri):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=tracked["uri"])
+    run = c.create_run(c.get_run(tracked["ids"]["kept"]).info.experiment_id)
+    marker = tmp_path / "PWNED"
+    fake = tmp_path / "art" / MODEL_FILE
+    fake.parent.mkdir()
+    torch.save({"format": "emmil-model", "version": 1, "state_dict": _Payload(marker)}, fake)
+    c.log_artifact(run.info.run_id, str(fake))
+    err = _error(capsys, ["predict", f"runs:/{run.info.run_id}", "--tracking-uri", tracked["uri"], "--data-dir",
+                          str(trained["data"]), "--out", str(tmp_path / "p.json")])
+    assert f"runs:/{run.info.run_id}/model.pt: not a valid emmil model file" in err  # named as the user gave it
+    assert not marker.exists()  # weights_only: the payload never ran

@@ -1,6 +1,9 @@
 """`emmil predict MODEL --data-dir DIR --out PRED.json`: score videos with a trained model file.
 
-MODEL is a run directory of `emmil train` (its model.pt) or a model.pt path (emmil.model_file). The
+MODEL is a run directory of `emmil train` (its model.pt), a model.pt path (emmil.model_file), or an
+MLflow run: `runs:/<run_id>` (tracking URI from --tracking-uri, else $MLFLOW_TRACKING_URI) or a bare
+run id with --tracking-uri. Of an MLflow run only its model.pt artifact is downloaded (what a harness
+trial logs when --keep-models keeps it), into a temporary folder, and read like a local file. The
 dataset name, class list, feature widths, clip length and the localiser values come from the model
 file; data whose widths or classes differ is refused. Writes ActivityNet results JSON
 {"results": {video: [{label, segment, score}]}}; `--timelines FILE` adds per-clip Q/P/L per video.
@@ -13,15 +16,26 @@ or --subset S / --videos. Per-video layout without --annotations: features only,
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
-from emmil.errors import DataError
+from emmil.errors import ConfigError, DataError
 from harness.cli.evaluate import check_out, strict_json, write_out
+
+RUNS_PREFIX = "runs:/"  # MLflow's run-relative artifact URI: runs:/<run_id>[/<artifact path>]
+MODEL_ARTIFACT = "model.pt"  # emmil.model_file.MODEL_FILE, logged at the root of a trial's artifacts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="run directory of `emmil train` or a model.pt file")
+    parser.add_argument("model", metavar="MODEL",
+                        help="run directory of `emmil train`, a model.pt file, or an MLflow run: runs:/RUN_ID, "
+                             "or a bare RUN_ID with --tracking-uri")
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="MLflow tracking URI of the run MODEL names (default for runs:/: $MLFLOW_TRACKING_URI); "
+                             "with it, MODEL is a run id")
     parser.add_argument("--data-dir", required=True, metavar="DIR", help="W-TALC release folder or per-video folder")
     parser.add_argument("--layout", default="auto", choices=("auto", "wtalc", "per-video"))
     parser.add_argument("--annotations", metavar="JSON",
@@ -34,6 +48,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timelines", metavar="FILE", help="also write per-clip Q/P/L of every scored video")
     parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                         help="default: the model config's (results are exact on the training device)")
+
+
+def mlflow_source(model: str, tracking_uri: str | None) -> tuple[str, str] | None:
+    """(run id, artifact path) when MODEL names an MLflow run, None for a local path.
+
+    runs:/<id> -> (id, "model.pt"); runs:/<id>/<path> -> (id, path). With --tracking-uri, MODEL is a
+    bare run id: a local path there is refused rather than silently read from disk or from MLflow."""
+    if model.startswith(RUNS_PREFIX):
+        run_id, _, artifact = model[len(RUNS_PREFIX):].strip("/").partition("/")
+        if not run_id:
+            raise DataError(f"MODEL {model}: no run id after {RUNS_PREFIX} (expected {RUNS_PREFIX}<run_id>)")
+        return run_id, artifact.strip("/") or MODEL_ARTIFACT
+    if tracking_uri is None:
+        return None
+    if "/" in model or os.sep in model or Path(model).exists():
+        raise DataError(f"MODEL {model}: with --tracking-uri, MODEL is an MLflow run id (or {RUNS_PREFIX}<run_id>), "
+                        "not a path; drop --tracking-uri to read a local model file or run directory")
+    return model, MODEL_ARTIFACT
+
+
+def _no_model_message(run, run_id: str, artifact: str, present: list[str]) -> str:
+    """Why an MLflow run has no model.pt, and which --keep-models would have kept it."""
+    tags = run.data.tags
+    what = ", ".join(x for x in (tags.get("emmil.trial_id"), tags.get("emmil.stage") and
+                                 f"stage {tags['emmil.stage']}", run.info.status) if x)
+    msg = (f"MLflow run {run_id} ({what}) has no {artifact} artifact (its artifacts: {present or 'none'}). ")
+    if tags.get("emmil.role") == "parent":
+        return msg + "It is the parent run of an ablation/sweep: pass the run id of one of its trials (child runs)."
+    if run.info.status == "RUNNING":
+        msg += "The run is still RUNNING: a trial logs model.pt when it finishes. "
+    msg += ("A trial logs model.pt when --keep-models keeps it: `all` keeps every trial's; `best` (the "
+            "`emmil sweep` default) only the chosen configuration's (every ablation trial, a sweep's "
+            "final-test retrain); `none` none.")
+    if tags.get("emmil.stage") == "search":
+        msg += (" This is a sweep's search trial: its model is kept only with --keep-models all; predict "
+                "with the sweep's final-test run instead.")
+    return msg
+
+
+def fetch_run_model(uri: str, run_id: str, artifact: str, dst: Path) -> tuple[Path, str]:
+    """Download only the artifact `artifact` (model.pt, or a folder's model.pt) of MLflow run `run_id`
+    into the folder `dst` -> (local file, its artifact path). An unknown run, a run without the
+    artifact, a store that is not there: DataError/ConfigError naming the run and the tracking URI
+    (password redacted)."""
+    from urllib.parse import unquote
+
+    from harness.preflight import check_tracking_uri
+    from harness.tracking import client, redact_uri
+
+    shown = redact_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(unquote(uri[len("sqlite:///"):])).is_file():
+        # MLflow would create an empty store there (seconds) only to say the run does not exist
+        raise ConfigError(f"--tracking-uri {shown}: no such SQLite file (nothing has been tracked there)")
+    check_tracking_uri(uri)  # a server nobody listens on, a file that is not a database: named in seconds
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps our own lines
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise DataError(f"MLflow run {run_id!r}: no such run at {shown}") from None
+        raise DataError(f"MLflow run {run_id!r} at {shown}: {_first_line(exc)}") from None
+    try:
+        folder = artifact.rpartition("/")[0] or None
+        entries = {f.path: f for f in c.list_artifacts(run_id, folder)}
+        if artifact in entries and entries[artifact].is_dir:  # runs:/<id>/<folder>: its model.pt
+            artifact = f"{artifact}/{MODEL_ARTIFACT}"
+            entries = {f.path: f for f in c.list_artifacts(run_id, artifact.rpartition("/")[0])}
+        if artifact not in entries:
+            raise DataError(_no_model_message(run, run_id, artifact, sorted(entries)))
+        return Path(c.download_artifacts(run_id, artifact, str(dst))), artifact
+    except (MlflowException, OSError) as exc:
+        raise DataError(f"MLflow run {run_id}: cannot download {artifact} from its artifact location "
+                        f"{redact_uri(run.info.artifact_uri)} ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def video_names(spec: str) -> list[str]:
@@ -164,7 +259,21 @@ def run(args: argparse.Namespace) -> int:
 
     out = check_out(args.out, "--out")
     timelines_out = check_out(args.timelines, "--timelines") if args.timelines else None
-    loaded = load_model(args.model)
+    source = mlflow_source(args.model, args.tracking_uri)
+    if source is None:
+        if not Path(args.model).exists() and re.fullmatch(r"[0-9a-f]{32}", args.model):
+            raise DataError(f"{args.model}: no such model file or run directory; to read the MLflow run of that "
+                            f"id pass runs:/{args.model} or --tracking-uri URI")
+        loaded = load_model(args.model)
+    else:
+        run_id, artifact = source
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise ConfigError(f"{args.model}: an MLflow run needs a tracking URI: pass --tracking-uri URI "
+                              "(e.g. sqlite:///results/mlflow.db) or set $MLFLOW_TRACKING_URI")
+        with tempfile.TemporaryDirectory(prefix="emmil-model-") as tmp:  # the model is in memory after loading
+            local, artifact = fetch_run_model(uri, run_id, artifact, Path(tmp))
+            loaded = load_model(local, name=f"{RUNS_PREFIX}{run_id}/{artifact}")
     print(f"model: {loaded.describe()}", file=sys.stderr)
     dataset, videos = _load_data(args, loaded)
     device = choose_device(args.device or loaded.config.device)

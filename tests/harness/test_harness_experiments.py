@@ -101,6 +101,12 @@ def test_shipped_spaces_are_valid_for_their_dataset():
     ({"model.hidden": {"distribution": "categorical", "choices": []}}, "non-empty list (empty range)"),
     ({"train.cycle": {"distribution": "int", "low": 1, "high": 5, "q": 2}}, "unknown key(s) ['q']"),
     ({"train.lr": {"distribution": "uniform", "low": "1e-5", "high": 1e-3}}, "expected a finite number"),
+    ({"train.gamma": {"distribution": "categorical", "choices": [0.1, float("nan")]}},
+     "choices[1] is nan; expected a finite number"),
+    ({"train.gamma": {"distribution": "categorical", "choices": [float("inf")]}}, "choices[0] is inf"),
+    ({"train.gamma": {"distribution": "categorical", "choices": [0.1, [0.2]]}},
+     "choices[1] is [0.2]; expected a number, string or boolean"),
+    ({"train.gamma": {"distribution": "categorical", "choices": [None]}}, "choices[0] is None"),
 ])
 def test_bad_space_raises_config_error_naming_the_parameter(params, words):
     with pytest.raises(ConfigError) as err:
@@ -189,3 +195,11 @@ def test_pick_best_reads_the_study_and_prefers_trials_that_ran_every_epoch(tmp_p
     best = pick_best(url, "s")
     assert best["params"] == {"x": 3} and best["value"] == 0.6 and best["trial"] == "s/search/abc"
     assert (best["complete"], best["pruned"]) == (3, 1)
+
+
+def test_check_space_resolves_every_categorical_choice_not_only_the_ends():
+    # a middle choice (-1) is the only value the config rejects (train.gamma must lie in [0, 1])
+    space = parse_space({"params": {"train.gamma": {"distribution": "categorical", "choices": [0.1, -1.0, 0.3]}},
+                         "fixed": {"train.val_fraction": 0.2}}, "middle.yaml")
+    with pytest.raises(ConfigError, match=r"middle\.yaml: .*train\.gamma"):
+        check_space(space, "thumos14", "quick")
