@@ -217,6 +217,52 @@ def _maybe_fail(hook: Mapping[str, Any] | None, trial_id: str, epoch: int) -> No
         raise RuntimeError(f"injected failure at epoch {epoch} of trial {trial_id}")
 
 
+# What a trial reports to Tune of its epoch metrics: the searched objective (ASHA and Optuna read it
+# every epoch) and the progress keys; the last report adds the test metrics and the bookkeeping the
+# driver's summaries read. Every other metric goes to MLflow only: Tune keeps windows and statistics of
+# every numeric key a trial ever reported (Trial.run_metadata: metric_n_steps, metric_analysis) for the
+# whole experiment, so each key costs driver memory per trial (issue 13's long sweep).
+EPOCH_REPORT_KEYS = ("val_avg_mAP", "loss", "epoch", "total_epochs")
+
+
+def epoch_report(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The EPOCH_REPORT_KEYS of one epoch's metrics (val_avg_mAP only on epochs that validate)."""
+    return {k: metrics[k] for k in EPOCH_REPORT_KEYS if k in metrics}
+
+
+# A trial on another node than the driver's cannot leave its undelivered buffer behind: without a shared
+# filesystem the driver never sees that node's results folder (issue 13). It retries delivery for up to
+# this long before it reports done, then fails (Tune retries it from its checkpoint; nothing is lost).
+DELIVER_TIMEOUT_ENV = "EMMIL_TRACKING_DELIVER_TIMEOUT_S"
+DELIVER_TIMEOUT_S = 600.0
+
+
+class TrackingUndelivered(RuntimeError):
+    """A remote trial could not deliver its buffered tracking calls before its deadline."""
+
+
+def deliver_before_done(tracker, node: str, timeout_s: float | None = None, out=print) -> None:
+    """Flush `tracker` until nothing is pending, at most `timeout_s` (default $EMMIL_TRACKING_DELIVER_TIMEOUT_S
+    or 600 s), saying what it waits for; raise TrackingUndelivered naming the node and buffer when it ends."""
+    if timeout_s is None:
+        timeout_s = float(os.environ.get(DELIVER_TIMEOUT_ENV) or DELIVER_TIMEOUT_S)
+    t0 = time.monotonic()
+    wait = 2.0
+    while not tracker.flush():
+        waited = time.monotonic() - t0
+        if waited >= timeout_s:
+            raise TrackingUndelivered(
+                f"trial {tracker.trial_id}: tracking server unreachable for {waited:.0f} s "
+                f"({tracker.last_error}); {tracker.pending_metric_values()} metric values stay buffered at "
+                f"{tracker.buffer_path} on node {node}, which the driver may not reach; raise "
+                f"${DELIVER_TIMEOUT_ENV} or deliver them there with `emmil tracking flush`")
+        out(f"emmil trial {tracker.trial_id} (node {node}): tracking server unreachable ({tracker.last_error[:120]}); "
+            f"{tracker.pending_metric_values()} metric values buffered on this node; retrying before reporting done "
+            f"({waited:.0f} of {timeout_s:.0f} s)", flush=True)
+        time.sleep(min(wait, max(timeout_s - waited, 0.0)))
+        wait = min(wait * 2, 30.0)
+
+
 def _epoch_metrics(result) -> dict[str, float]:
     from harness.tracking import metric_items
 
@@ -291,6 +337,10 @@ def emmil_trial(config: dict, data=None) -> None:
     spec, run = config["trial"], config["run"]
     search = search_params(config)
     ctx = tune.get_context()
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    remote = node != run.get("driver_node_id", node)  # see deliver_before_done
     trial_id = spec.get("trial_id") or f"{run['id_prefix']}/{ctx.get_trial_id()}"
     cfg = resolve_config(run["dataset"], preset=run["preset"], seed=int(spec["seed"]),
                          overrides={**spec["overrides"], **search})
@@ -314,8 +364,6 @@ def emmil_trial(config: dict, data=None) -> None:
     # a trial that replayed epochs 1..k and must now train (the shared training vanished) trains them
     # again without reporting or logging them twice
     skip_through = done_epoch if resume is None and claim.mode != shared_training.REPLAY else 0
-
-    import ray
 
     gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
     tags = {
@@ -369,7 +417,8 @@ def emmil_trial(config: dict, data=None) -> None:
             metrics = _epoch_metrics(result)
             if result.epoch > logged_through:
                 tracker.log_metrics(metrics, step=result.epoch)
-            report: dict[str, Any] = {**metrics, "epoch": result.epoch, "total_epochs": result.total_epochs}
+            report: dict[str, Any] = epoch_report(
+                {**metrics, "epoch": result.epoch, "total_epochs": result.total_epochs})
             if last:
                 outcome = None
                 final: dict[str, float] = dict(metrics)
@@ -382,6 +431,9 @@ def emmil_trial(config: dict, data=None) -> None:
                 tracker.log_artifacts(_write_artifacts(trial_dir / "artifacts", cfg, final, outcome, model, data))
                 tracker.terminate("FINISHED")
                 delivered = tracker.flush_with_retries()
+                if not delivered and remote:
+                    deliver_before_done(tracker, node)
+                    delivered = True
             else:
                 # a search trial can be stopped by the scheduler at any report: deliver every epoch
                 delivered = tracker.maybe_flush(0.0 if run["stage"] == "search" else FLUSH_EVERY_S)
@@ -401,7 +453,8 @@ def emmil_trial(config: dict, data=None) -> None:
     if not yielded and last_report is not None:
         # Restored from the checkpoint of its LAST epoch (the driver died before recording the trial as
         # finished): nothing is left to train; report the final result again so Tune has it.
-        tracker.flush_with_retries()
+        if not tracker.flush_with_retries() and remote:
+            deliver_before_done(tracker, node)
         tune.report(last_report)
 
 
@@ -537,6 +590,11 @@ def tune_trials(
     `data`: the dataset's ObjectRef from `put_dataset` (an object would be put again per call).
     """
     trainable = tune.with_parameters(tune.with_resources(emmil_trial, resources.as_dict()), data=data)
+    param_space = dict(param_space or {})
+    if isinstance(param_space.get("run"), Mapping):  # trials on other nodes deliver before done (emmil_trial)
+        import ray
+
+        param_space["run"] = {**param_space["run"], "driver_node_id": ray.get_runtime_context().get_node_id()}
     tune_config = tune.TuneConfig(
         metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
         max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
@@ -551,7 +609,7 @@ def tune_trials(
         stop=StopOnSignalOrFullDisk(storage),
         log_to_file=True,
     )
-    tuner = tune.Tuner(trainable, param_space=dict(param_space or {}), tune_config=tune_config,
+    tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                        run_config=run_config)
     return tuner.fit()
 

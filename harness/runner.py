@@ -241,7 +241,7 @@ def close_trial_runs(target: tracking.TrackingTarget, buffer_dir: Path, rows: li
     stems = {_file_stem(k): k for k in by_key}
     if buffer_dir.is_dir():
         for path in sorted(buffer_dir.glob("*.jsonl")):
-            run = tracking.TrialRun(target, stems.get(path.stem, path.stem), {}, path)
+            run = tracking.TrialRun(target, stems.get(path.stem, path.stem), {}, path, delivered_by="driver")
             if not run.pending:
                 continue
             if path.stem not in stems and run.run_id is None:

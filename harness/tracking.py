@@ -243,11 +243,14 @@ class TrialRun:
     """
 
     def __init__(self, target: TrackingTarget, trial_id: str, tags: Mapping[str, str],
-                 buffer_path: str | os.PathLike, run_id: str | None = None):
+                 buffer_path: str | os.PathLike, run_id: str | None = None, delivered_by: str = "trial"):
         self.target = target
         self.trial_id = trial_id
+        # emmil.delivered_by: who sent the run's last buffered operations, "trial" (the trial itself) or
+        # "driver" (the driver's or `emmil tracking flush`'s second chance, from the results directory)
         self.tags = {"mlflow.parentRunId": target.parent_run_id, "emmil.role": "trial",
-                     "emmil.trial_id": trial_id, **{k: str(v) for k, v in tags.items()}}
+                     "emmil.trial_id": trial_id, **{k: str(v) for k, v in tags.items()},
+                     "emmil.delivered_by": delivered_by}
         self.buffer_path = Path(buffer_path)
         self.run_id = run_id
         self.failed_flushes = 0
@@ -399,5 +402,5 @@ class TrialRun:
 
 def flush_leftover_buffer(target: TrackingTarget, buffer_path: str | os.PathLike, trial_id: str) -> bool:
     """Driver-side second chance for a trial whose buffer could not be flushed before it ended."""
-    run = TrialRun(target, trial_id, {}, buffer_path)
+    run = TrialRun(target, trial_id, {}, buffer_path, delivered_by="driver")
     return run.flush()

@@ -39,7 +39,7 @@ def flush_run_folder(root: Path, uri: str) -> dict[str, int]:
     target = tracking.TrackingTarget(uri, state["experiment_id"], state["parent_run_id"], state["mlflow_experiment"])
     counts = {"buffers": 0, "delivered": 0, "metrics": 0, "left": 0, "no_run": 0}
     for path in sorted(place.buffer_dir.glob("*.jsonl")) if place.buffer_dir.is_dir() else []:
-        run = tracking.TrialRun(target, path.stem, {}, path)
+        run = tracking.TrialRun(target, path.stem, {}, path, delivered_by="driver")
         if not run.pending:
             continue
         counts["buffers"] += 1
