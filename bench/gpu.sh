@@ -11,6 +11,8 @@
 #                                      rate measured in the same process, bf16 autocast / torch.compile
 #   4. emmil ablate table3             5 seeds, 0.25 GPU per trial (4 trials per GPU), with nvidia-smi
 #                                      sampled every 0.5 s in the background: wall time, GPU utilisation
+#   5. emmil ablate table3 --pack 5    the same 20 runs as 4 packs of 5 seeds (issue 11), same sampling:
+#                                      the wall ratio step 4 / step 5 is what packing buys on this GPU
 # Results go under $OUT if set, else bench/out/gpu/: gpu_results.json (all figures), *.log; the data and
 # the ablation's results dir go under $GPU_WORK_DIR (default $TMPDIR or /tmp, emmil-gpu-work/).
 # Environment: PYTHON (interpreter; default .venv/bin/python if present, else python3),
@@ -40,12 +42,12 @@ SCALE="${STEP_TIMEOUT_SCALE:-1}"
 
 if [[ "$SMOKE" == 1 ]]; then
   DIM=16; MAXV=24; DEVICE=cpu; PRESET=quick; TRAIN_EPOCHS="--epochs 2"; MATMUL_N=256; REPEATS=3
-  SEEDS=1; GPUS=0; CPUS=1; CONC=2; ABL_PRESET=quick; ABL_EPOCHS=1
-  T_PYTEST=60; T_DATA=60; T_TRAIN=90; T_ABLATE=120
+  SEEDS=2; GPUS=0; CPUS=1; CONC=2; ABL_PRESET=quick; ABL_EPOCHS=1
+  T_PYTEST=60; T_DATA=60; T_TRAIN=90; T_ABLATE=120; T_PACKED=120
 else
   DIM=1024; MAXV=""; DEVICE=cuda; PRESET=paper; TRAIN_EPOCHS=""; MATMUL_N=8192; REPEATS=50
   SEEDS=5; GPUS=0.25; CPUS="${GPU_CPUS_PER_TRIAL:-3}"; CONC="${GPU_MAX_CONCURRENT:-4}"; ABL_PRESET=paper; ABL_EPOCHS=""
-  T_PYTEST=45; T_DATA=60; T_TRAIN=180; T_ABLATE=190
+  T_PYTEST=45; T_DATA=60; T_TRAIN=150; T_ABLATE=170; T_PACKED=100
 fi
 
 STATUS_FILE="$OUTDIR/steps.tsv"
@@ -116,18 +118,40 @@ if [[ -s "$OUTDIR/nvidia_smi.csv" ]]; then
     > "$OUTDIR/gpu_util.log" 2>&1
 fi
 
-# 5. Collect.
-"$PY" - "$OUTDIR" "$ABL_WALL" "$SMOKE" <<'PY'
+# 5. The same ablation packed: --pack SEEDS (one pack per variant), same resources per trial.
+SMI_PID=""
+if command -v nvidia-smi > /dev/null 2>&1; then
+  nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader,nounits \
+    -lms 500 > "$OUTDIR/nvidia_smi_packed.csv" 2>/dev/null &
+  SMI_PID=$!
+fi
+rm -rf "$WORK/ablate_packed_results"
+T0=$SECONDS
+step ablate_packed "$T_PACKED" "${EMMIL[@]}" ablate "$EXP" --dataset thumos14 --data-dir "$DATA" --preset "$ABL_PRESET" \
+  --seeds "$SEEDS" --pack "$SEEDS" --max-concurrent "$CONC" --results "$WORK/ablate_packed_results" \
+  --cpus-per-trial "$CPUS" --gpus-per-trial "$GPUS" --no-report
+PACKED_WALL=$((SECONDS - T0))
+if [[ -n "$SMI_PID" ]]; then kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; fi
+if [[ -s "$OUTDIR/nvidia_smi_packed.csv" ]]; then
+  "$PY" bench/gpu_bench.py gpu-util "$OUTDIR/nvidia_smi_packed.csv" --wall "$PACKED_WALL" \
+    --json "$OUTDIR/gpu_util_packed.json" > "$OUTDIR/gpu_util_packed.log" 2>&1
+fi
+
+# 6. Collect.
+"$PY" - "$OUTDIR" "$ABL_WALL" "$SMOKE" "$PACKED_WALL" <<'PY'
 import json, sys
 from pathlib import Path
-out, wall, smoke = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "1"
+out, wall, smoke, packed_wall = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])"
 steps = {}
 for line in (out / "steps.tsv").read_text().splitlines():
     name, rc, seconds = line.split("\t")
     steps[name] = {"exit": int(rc), "seconds": int(seconds)}
 res = {"smoke": smoke, "dataset": "semi-synthetic THUMOS14", "steps": steps,
        "ablation": {"experiment": "table3", "wall_seconds": wall, "exit": steps.get("ablate", {}).get("exit")}}
-for name in ("gpu_train", "gpu_util"):
+res["ablation_packed"] = {"experiment": "table3 --pack <seeds>", "wall_seconds": packed_wall,
+                          "exit": steps.get("ablate_packed", {}).get("exit"),
+                          "wall_ratio_unpacked_over_packed": round(wall / packed_wall, 3) if packed_wall else None}
+for name in ("gpu_train", "gpu_util", "gpu_util_packed"):
     path = out / f"{name}.json"
     if path.exists():
         res[name] = json.loads(path.read_text())
@@ -140,8 +164,14 @@ if abl_log.exists():  # progress lines "[i/N] trial <name> done ..." (the count 
 log = out / "pytest_cuda.log"
 if log.exists():
     res["pytest_cuda_summary"] = (log.read_text().strip().splitlines() or [""])[-1]
+packed_log = out / "ablate_packed.log"
+if packed_log.exists():  # "[i/N] pack <id> done ..."
+    import re
+    done = re.findall(r"^\[\d+/(\d+)\] pack \S+ done", packed_log.read_text(), re.MULTILINE)
+    res["ablation_packed"]["packs_done"] = len(done)
+    res["ablation_packed"]["packs_total"] = int(done[0]) if done else None
 (out / "gpu_results.json").write_text(json.dumps(res, indent=2, allow_nan=False))
-print(json.dumps({k: res[k] for k in ("smoke", "steps", "ablation")}, allow_nan=False))
+print(json.dumps({k: res[k] for k in ("smoke", "steps", "ablation", "ablation_packed")}, allow_nan=False))
 PY
 FAILED=$(awk -F'\t' '$2 != 0 {print $1}' "$STATUS_FILE" | tr '\n' ' ')
 if [[ -n "$FAILED" ]]; then echo "gpu.sh: failed steps: $FAILED (see $OUTDIR/*.log)"; exit 1; fi

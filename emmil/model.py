@@ -13,6 +13,8 @@ Packing: a batch is the clips of several videos stacked into one (N, D) matrix. 
 is ONE matmul X @ [W_0 | ... | W_{k-1}] (N, k*H) followed by shifted sums whose taps are zeroed
 where they would cross a video boundary, so the result equals nn.Conv1d run on each video alone
 (zero padding) while the matmul is large enough to run at the machine's matmul rate.
+grouped_packed_conv1d does the same for several models at once (emmil.packed): each its own matmul,
+the shifted sums over all their rows in one pass.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ def _edge_rows(packing: Packing, pad: int) -> torch.Tensor:
 def _shift_sum(y: torch.Tensor, h: int, k: int, sign: int, packing: Packing, bias: torch.Tensor | None) -> torch.Tensor:
     """out[t] = (bias) + sum_j y[t + sign*off_j, block j] over taps whose row is in t's own video.
 
-    y (N, k*H) -> (N, H). sign=+1 is the conv forward; sign=-1 with the blocks read in reverse is its
-    transpose (the backward). Whole-slice adds first, then the edge rows are recomputed exactly.
+    y (N, k*H) -> (N, H); bias (H,) or (N, H) (a row each: members of a pack have their own biases).
+    sign=+1 is the conv forward; sign=-1 with the blocks read in reverse is its transpose (the backward).
+    Whole-slice adds first, then the edge rows are recomputed exactly.
     """
     n = y.shape[0]
     pad = k // 2
@@ -81,7 +84,7 @@ def _shift_sum(y: torch.Tensor, h: int, k: int, sign: int, packing: Packing, bia
     edge = _edge_rows(packing, pad)
     fixed = y[edge, pad * h : (pad + 1) * h]
     if bias is not None:
-        fixed = fixed + bias
+        fixed = fixed + (bias[edge] if bias.dim() == 2 else bias)  # (N, H) bias: one row per packed row
     pos, length = packing.pos[edge], packing.length[edge]
     for j, off in enumerate(offsets):
         if off == 0:
@@ -90,6 +93,37 @@ def _shift_sum(y: torch.Tensor, h: int, k: int, sign: int, packing: Packing, bia
         fixed = fixed + y[(edge + off).clamp(0, n - 1), j * h : (j + 1) * h] * valid
     out[edge] = fixed
     return out
+
+
+def _shift_sum_grad(grad_out: torch.Tensor, h: int, k: int, packing: Packing) -> torch.Tensor:
+    """The gradient of _shift_sum's input y (N, k*H) from grad_out (N, H), contiguous: grad_y[r, block j]
+    = grad_out[r - off_j] if row r - off_j reads row r inside one video, else 0. Copies and selects
+    only (exact), so it may run over the rows of all members of a pack at once."""
+    pad = k // 2
+    n = grad_out.shape[0]
+    grad_y = torch.zeros(n, k * h, dtype=grad_out.dtype, device=grad_out.device)
+    for j in range(k):
+        off = j - pad
+        block = grad_y[:, j * h : (j + 1) * h]
+        if off == 0:
+            block.copy_(grad_out)
+        elif off > 0:
+            block[off:] = grad_out[: n - off]
+        else:
+            block[: n + off] = grad_out[-off:]
+    if pad:
+        edge = _edge_rows(packing, pad)
+        pos, length = packing.pos[edge], packing.length[edge]
+        for j in range(k):
+            off = j - pad
+            if off == 0:
+                continue
+            # row r = edge is read through tap j by row r - off; invalid if that row is outside r's video
+            invalid = ((pos - off < 0) | (pos - off >= length)).unsqueeze(1)
+            rows = edge
+            block = grad_y[rows, j * h : (j + 1) * h]
+            grad_y[rows, j * h : (j + 1) * h] = torch.where(invalid, torch.zeros_like(block), block)
+    return grad_y
 
 
 class _PackedConv1d(torch.autograd.Function):
@@ -110,31 +144,7 @@ class _PackedConv1d(torch.autograd.Function):
         x, w = ctx.saved_tensors
         h, d, k = ctx.shape
         grad_out = grad_out.contiguous()
-        # grad_y[r, block j] = grad_out[r - off_j] if row r - off_j reads row r inside one video, else 0
-        pad = k // 2
-        n = grad_out.shape[0]
-        grad_y = torch.zeros(n, k * h, dtype=grad_out.dtype, device=grad_out.device)
-        for j in range(k):
-            off = j - pad
-            block = grad_y[:, j * h : (j + 1) * h]
-            if off == 0:
-                block.copy_(grad_out)
-            elif off > 0:
-                block[off:] = grad_out[: n - off]
-            else:
-                block[: n + off] = grad_out[-off:]
-        if pad:
-            edge = _edge_rows(ctx.packing, pad)
-            pos, length = ctx.packing.pos[edge], ctx.packing.length[edge]
-            for j in range(k):
-                off = j - pad
-                if off == 0:
-                    continue
-                # row r = edge is read through tap j by row r - off; invalid if that row is outside r's video
-                invalid = ((pos - off < 0) | (pos - off >= length)).unsqueeze(1)
-                rows = edge
-                block = grad_y[rows, j * h : (j + 1) * h]
-                grad_y[rows, j * h : (j + 1) * h] = torch.where(invalid, torch.zeros_like(block), block)
+        grad_y = _shift_sum_grad(grad_out, h, k, ctx.packing)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_y @ w.t()
@@ -154,6 +164,73 @@ def packed_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     of a video boundary are recomputed exactly from their valid taps, so nothing leaks across videos.
     """
     return _PackedConv1d.apply(x, weight, bias, packing.pos, packing.length, packing)
+
+
+# PyTorch's CPU allocator starts every tensor on a 64-byte boundary. Small BLAS products depend on where
+# their operands start (measured: (N, 13) @ (13, 1) from an offset slice differs in the last bit), so a
+# pack member's rows of a shared buffer are fed to BLAS from the alignment its run alone would have.
+ALIGNMENT = 64  # bytes
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t` if its data starts on an ALIGNMENT boundary, else a contiguous copy that does."""
+    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone(memory_format=torch.contiguous_format)
+
+
+class _GroupedPackedConv1d(torch.autograd.Function):
+    """Autograd for grouped_packed_conv1d: member m's rows are rows [a_m, a_m + N_m) of the packing.
+    Inputs (after packing, m): xs (m tensors), weights (m), biases (m)."""
+
+    @staticmethod
+    def forward(ctx, packing, m, *tensors):
+        xs, weights, biases = tensors[:m], tensors[m : 2 * m], tensors[2 * m :]
+        h, d, k = weights[0].shape
+        sizes = [int(x.shape[0]) for x in xs]
+        ws = [w.permute(1, 2, 0).reshape(d, k * h) for w in weights]  # (D, k*H) each, as _PackedConv1d
+        y = xs[0].new_empty(sum(sizes), k * h)
+        for x, w, rows in zip(xs, ws, torch.split(y, sizes)):
+            torch.mm(x, w, out=rows)  # each member's own matmul, at the shape of its run alone
+        # (N, H): each member's bias on its rows; one member adds its (H,) bias as packed_conv1d does
+        bias_rows = biases[0] if m == 1 else torch.cat([b.expand(n, h) for b, n in zip(biases, sizes)])
+        ctx.save_for_backward(*xs, *ws)
+        ctx.packing, ctx.shape, ctx.sizes, ctx.m = packing, (h, d, k), sizes, m
+        return _shift_sum(y, h, k, +1, packing, bias_rows)  # one pass over every member's rows
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        m, sizes = ctx.m, ctx.sizes
+        saved = ctx.saved_tensors
+        xs, ws = saved[:m], saved[m:]
+        h, d, k = ctx.shape
+        grad_out = grad_out.contiguous()
+        grad_y = _shift_sum_grad(grad_out, h, k, ctx.packing)  # (N, k*H), all members at once
+        need = ctx.needs_input_grad[2:]
+        grad_xs, grad_ws, grad_bs = [None] * m, [None] * m, [None] * m
+        for i, (gy, go) in enumerate(zip(torch.split(grad_y, sizes), torch.split(grad_out, sizes))):
+            gy = aligned(gy)
+            if need[i]:
+                grad_xs[i] = gy @ ws[i].t()
+            if need[m + i]:
+                grad_ws[i] = (xs[i].t() @ gy).reshape(d, k, h).permute(2, 0, 1)
+            if need[2 * m + i]:
+                grad_bs[i] = aligned(go).sum(0)
+        return (None, None, *grad_xs, *grad_ws, *grad_bs)
+
+
+def grouped_packed_conv1d(
+    xs: list[torch.Tensor], weights: list[torch.Tensor], biases: list[torch.Tensor], packing: Packing
+) -> torch.Tensor:
+    """packed_conv1d of several models ("members") at once: member i applies (weights[i], biases[i]),
+    nn.Conv1d layout (H, D, k) and (H,), to its own packed clips xs[i] (N_i, D), and `packing` packs
+    all members' videos in member order (member i's rows follow member i-1's). -> (N, H), N = sum N_i.
+
+    Each member's matmul X_i @ [W_0 | ... | W_{k-1}] is its own (the shape its run alone has, so the
+    result is that run's to the bit); the shifted sums, edge fixes and the backward's transposed shifts
+    (adds and copies: exact wherever they run) are one pass over every member's rows.
+    """
+    if not (len(xs) == len(weights) == len(biases)) or not xs:
+        raise ValueError(f"grouped_packed_conv1d: {len(xs)} inputs, {len(weights)} weights, {len(biases)} biases")
+    return _GroupedPackedConv1d.apply(packing, len(xs), *xs, *weights, *biases)
 
 
 class Head(nn.Module):

@@ -1,12 +1,15 @@
 """Training (EM alternation, the ablation variants), validation, test evaluation, run directories.
 
-`fit(config, dataset)` yields one EpochResult per epoch. The whole dataset is ONE tensor on the
-device; a step packs `train.batch_videos` whole videos (see emmil.model.Packing; the paper preset
-takes one, as the release) and every loss weighs each video alike. Freezing is by which optimiser
-steps: phi (key heads), theta (classification heads) and the gating classifier each have their own
-Adam; pseudo-labels always come from an eval-mode (no dropout), no_grad forward, so they are a
-deterministic function of the parameters in every variant. The gate trains in the first
-`train.gate_epochs` epochs only (its own schedule, like the release's separate UntrimmedNet).
+`fit(config, dataset)` yields one EpochResult per epoch; it trains as a pack of one
+(emmil.packed.PackedFit, which trains K configs of one variant together, each to its run alone's
+results). The whole dataset is ONE tensor on the device; a step packs `train.batch_videos` whole
+videos (see emmil.model.Packing; the paper preset takes one, as the release) and every loss weighs
+each video alike; `variant_losses` is a step's loss algebra, over one model or a pack member.
+Freezing is by which optimiser steps: phi (key heads), theta (classification heads) and the gating
+classifier each have their own Adam; pseudo-labels always come from an eval-mode (no dropout),
+no_grad forward, so they are a deterministic function of the parameters in every variant. The gate
+trains in the first `train.gate_epochs` epochs only (its own schedule, like the release's separate
+UntrimmedNet).
 
 Variants (config.variant), sharing everything but the loss and which branch trains:
   full             E: Eq. 3 labels from frozen p_theta, Eq. 4 on q_phi; M: Eq. 5 labels (all-positive in
@@ -29,6 +32,8 @@ training videos (select_localizer), the same grid for every variant, then scores
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import math
@@ -48,7 +53,7 @@ from emmil.errors import ConfigError, DataError
 from emmil.losses import attention_mil_loss, pseudo_label_bce, video_classifier_loss
 from emmil.model import EMMIL, STREAMS, Packing, make_packing
 from emmil.pseudo_labels import all_positive_labels, e_step_labels, m_step_labels
-from emmil.schedule import EpochPlan, plan_epoch
+from emmil.schedule import EpochPlan
 
 STATE_VERSION = 1
 
@@ -137,10 +142,13 @@ def ground_truth_rows(dataset: Dataset, videos: tuple[Video, ...]) -> np.ndarray
     return out
 
 
-def _device_data(dataset: Dataset, videos: tuple[Video, ...], features: torch.Tensor, variant: str) -> _DeviceData:
+def _device_data(dataset: Dataset, videos: tuple[Video, ...], features: torch.Tensor, variant: str,
+                 clip_targets: torch.Tensor | None = None) -> _DeviceData:
+    """`clip_targets`: ground-truth rows already on the device covering at least `videos` (a pack's
+    members share one built over the whole training subset); built here when None and needed."""
     dev = features.device
-    targets = None
-    if variant in GROUND_TRUTH_VARIANTS:
+    targets = clip_targets
+    if variant in GROUND_TRUTH_VARIANTS and targets is None:
         targets = torch.from_numpy(ground_truth_rows(dataset, videos)).to(dev)
     return _DeviceData(
         features=features,
@@ -183,6 +191,39 @@ def step_losses(
     averaged over videos (emmil.losses). Returns {"loss", "loss_rgb", "loss_flow"} and "loss_gate"
     when the gate trains.
     """
+    return variant_losses(ModelForward(model, x, packing), y, packing, plan, variant, gamma,
+                          clip_targets=clip_targets, train_gate=train_gate)
+
+
+class ModelForward:
+    """The network outputs `variant_losses` asks for, from one EMMIL on one packed batch x (N, D).
+    emmil.packed gives the same outputs of one member of a pack, computed for every member at once."""
+
+    def __init__(self, model: EMMIL, x: torch.Tensor, packing: Packing):
+        self.model, self.x, self.packing, self.dtype = model, x, packing, x.dtype
+
+    def logits(self, head: str, stream: str) -> torch.Tensor:
+        """Logits of head "key" (N,) or "cls" (N, C) in the modules' current mode, with gradient."""
+        if head == "key":
+            return self.model.key_logits(self.x, self.packing, stream)
+        return self.model.cls_logits(self.x, self.packing, stream)
+
+    def frozen(self, head: str, stream: str) -> torch.Tensor:
+        """The same logits in eval mode without gradient (_frozen_logits)."""
+        return _frozen_logits(self.model, self.x, self.packing, stream, head)
+
+    def gate(self) -> torch.Tensor:
+        """The gate's video logits (B, C)."""
+        return self.model.gate(self.x, self.packing)
+
+
+def variant_losses(
+    fwd: ModelForward, y: torch.Tensor, packing: Packing, plan: EpochPlan, variant: str, gamma: float,
+    *, clip_targets: torch.Tensor | None = None, train_gate: bool = True,
+) -> dict[str, torch.Tensor]:
+    """step_losses with the network outputs read from `fwd` (a ModelForward or a pack member's view,
+    emmil.packed): y (B, C), packing and clip_targets (N, C) are that model's own batch. The order in
+    which outputs are asked for is the order of dropout draws, the same for every model."""
     seg = packing.seg
     out: dict[str, torch.Tensor] = {}
     pseudo = variant in ("full", "joint")
@@ -192,50 +233,50 @@ def step_losses(
         if plan.step == "none":  # whole-video: no head trains
             break
         if variant == "supervised":  # ceiling: both heads on ground truth, every step
-            key_target = (clip_targets.sum(dim=1) > 0).to(x.dtype)  # (N,) clip inside any segment
-            loss = pseudo_label_bce(model.key_logits(x, packing, s), key_target, packing) + pseudo_label_bce(
-                model.cls_logits(x, packing, s), clip_targets, packing)
+            key_target = (clip_targets.sum(dim=1) > 0).to(fwd.dtype)  # (N,) clip inside any segment
+            loss = pseudo_label_bce(fwd.logits("key", s), key_target, packing) + pseudo_label_bce(
+                fwd.logits("cls", s), clip_targets, packing)
         elif variant == "oracle-key":  # Eq. 4 / Eq. 6 with ground-truth key instances for z_hat and Eq. 5
-            key_target = (clip_targets.sum(dim=1) > 0).to(x.dtype)  # (N,)
+            key_target = (clip_targets.sum(dim=1) > 0).to(fwd.dtype)  # (N,)
             if plan.step == "E":
-                loss = pseudo_label_bce(model.key_logits(x, packing, s), key_target, packing)
+                loss = pseudo_label_bce(fwd.logits("key", s), key_target, packing)
             else:
-                loss = pseudo_label_bce(model.cls_logits(x, packing, s), key_target.unsqueeze(1) * y[seg], packing)
+                loss = pseudo_label_bce(fwd.logits("cls", s), key_target.unsqueeze(1) * y[seg], packing)
         elif plan.step == "E":  # train q_phi; p_theta frozen
-            cls_logits = _frozen_logits(model, x, packing, s, "cls")
-            key_logits = model.key_logits(x, packing, s)
+            cls_logits = fwd.frozen("cls", s)
+            key_logits = fwd.logits("key", s)
             if pseudo:
                 loss = pseudo_label_bce(key_logits, e_step_labels(torch.sigmoid(cls_logits), y, seg), packing)  # Eq. 3, 4
             else:
                 loss = attention_mil_loss(key_logits, cls_logits, y, packing)
         elif plan.step == "M":  # train p_theta; q_phi frozen
-            cls_logits = model.cls_logits(x, packing, s)
+            cls_logits = fwd.logits("cls", s)
             if pseudo:
                 if plan.all_positive:
                     target = all_positive_labels(y, seg)  # initial M step (paper 3.4)
                 else:
-                    q = torch.sigmoid(_frozen_logits(model, x, packing, s, "key"))
+                    q = torch.sigmoid(fwd.frozen("key", s))
                     target = m_step_labels(q, y, seg, gamma)  # Eq. 5
                 loss = pseudo_label_bce(cls_logits, target, packing)  # Eq. 6
             else:
-                loss = attention_mil_loss(_frozen_logits(model, x, packing, s, "key"), cls_logits, y, packing)
+                loss = attention_mil_loss(fwd.frozen("key", s), cls_logits, y, packing)
         else:  # joint: both branches
-            key_logits = model.key_logits(x, packing, s)
-            cls_logits = model.cls_logits(x, packing, s)
+            key_logits = fwd.logits("key", s)
+            cls_logits = fwd.logits("cls", s)
             if pseudo:
                 # labels from an eval-mode forward, as `full` computes them from its frozen branch
-                z = e_step_labels(torch.sigmoid(_frozen_logits(model, x, packing, s, "cls")), y, seg)
+                z = e_step_labels(torch.sigmoid(fwd.frozen("cls", s)), y, seg)
                 if plan.all_positive:
                     target = all_positive_labels(y, seg)
                 else:
-                    target = m_step_labels(torch.sigmoid(_frozen_logits(model, x, packing, s, "key")), y, seg, gamma)
+                    target = m_step_labels(torch.sigmoid(fwd.frozen("key", s)), y, seg, gamma)
                 loss = pseudo_label_bce(key_logits, z, packing) + pseudo_label_bce(cls_logits, target, packing)
             else:
                 loss = attention_mil_loss(key_logits, cls_logits, y, packing)
         out[f"loss_{s}"] = loss
-    total = sum(out.values()) if out else x.new_zeros(())
+    total = sum(out.values()) if out else torch.zeros((), dtype=fwd.dtype, device=y.device)
     if train_gate:
-        out["loss_gate"] = video_classifier_loss(model.gate(x, packing), y)
+        out["loss_gate"] = video_classifier_loss(fwd.gate(), y)
         total = total + out["loss_gate"]
     out["loss"] = total
     return out
@@ -318,99 +359,45 @@ def fit(
 
     `features`: the dataset tensor already on the device (else it is copied there once).
     `resume`: an `EpochResult.state()`; training continues after its epoch with identical results.
+    Trains as a pack of one (emmil.packed.PackedFit: one training loop for runs alone and packed).
+
+    What a run does (seeds): split_validation(seed) holds out the validation videos; the init draws
+    from torch.manual_seed(seed) (build_model); batch order from a CPU Generator(seed + 1); dropout
+    from the global RNG seeded seed + 2, its state saved per epoch in state()["rng"].
     """
-    if config.dataset != dataset.name:
-        raise ConfigError(f"config key 'dataset' is {config.dataset!r} but the data is {dataset.name!r}")
-    dev = choose_device(config.device) if device is None else torch.device(device)
-    t = config.train
-    train_videos, val_videos = split_validation(dataset, t.val_fraction, config.seed)  # == validation_videos
-    _usable(train_videos, dataset.train_subset)
-    feats = dataset_tensor(dataset, dev) if features is None else features
-    data = _device_data(dataset, train_videos, feats, config.variant)
-    model = build_model(config, dataset, dev)
-    opts = _optimizers(model, config)
-    shuffle = torch.Generator().manual_seed(config.seed + 1)  # batch order (CPU generator: device-independent)
-    torch.manual_seed(config.seed + 2)  # dropout stream
-    rng = _rng_get(dev)
-    start = 1
-    if resume is not None:
-        if resume.get("version") != STATE_VERSION or resume.get("config_hash") is None:
-            raise ConfigError("resume: not an emmil training state (missing version/config_hash)")
-        model.load_state_dict(resume["model"])
-        for name, opt in opts.items():
-            opt.load_state_dict(resume["optimizers"][name])
-        shuffle.set_state(resume["shuffle_rng"])
-        rng = resume["rng"]
-        start = int(resume["epoch"]) + 1
-    n = len(train_videos)
-    generation = [0]
-    for epoch in range(start, t.epochs + 1):
-        t0 = time.perf_counter()
-        plan = plan_epoch(epoch, t, config.variant)
-        lr = t.lr * plan.lr_scale
-        for name in ("phi", "theta"):
-            for group in opts[name].param_groups:
-                group["lr"] = lr
-        train_gate = epoch <= t.gate_epochs  # the gate's own schedule (TrainConfig.gate_epochs)
-        trains = {"E": ("phi",), "M": ("theta",), "joint": ("phi", "theta"), "none": ()}[plan.step]
-        trains += ("gate",) if train_gate else ()
-        _set_mode(model, "phi" in trains, "theta" in trains, train_gate)
-        _rng_set(rng, dev)
-        order = torch.randperm(n, generator=shuffle).to(dev)
-        sums: dict[str, float] = {}
-        batches = 0
-        for b0 in range(0, n if trains else 0, t.batch_videos):
-            idx = order[b0 : b0 + t.batch_videos]
-            lengths = data.lengths[idx]
-            rows = gather_rows(data.starts[idx], lengths)
-            x = data.features[rows]  # (N, D) packed clips
-            packing = make_packing(lengths, dev)
-            targets = None if data.clip_targets is None else data.clip_targets[rows].to(x.dtype)
-            terms = step_losses(model, x, data.labels[idx], packing, plan, config.variant, t.gamma,
-                                clip_targets=targets, train_gate=train_gate)
-            for opt in opts.values():
-                opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            for name in trains:
-                opts[name].step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            batches += 1
-        rng = _rng_get(dev)
-        losses = {k: v / max(batches, 1) for k, v in sums.items()}
-        val: dict[str, float] = {}
-        if evaluates_at(config, epoch, val_videos):
-            # reads config.localize and train.exclude_ambiguous, which nothing else in fit reads; selects
-            # nothing and leaves no trace in training (the RNG state is saved above, _set_mode resets
-            # every module's mode next epoch): runs that differ only there train identical weights
-            val = validation_metrics(config, dataset, model, val_videos, feats)
-        generation[0] = epoch
-        snapshot = dict(epoch=epoch, rng=rng)
+    from emmil.packed import PackedFit  # emmil.packed builds on this module
 
-        def state_fn(_epoch=epoch, _snap=snapshot) -> dict:
-            if generation[0] != _epoch:
-                raise RuntimeError(f"EpochResult.state() of epoch {_epoch} called after training moved on")
-            return {
-                "version": STATE_VERSION,
-                "config_hash": _hash(config),
-                "epoch": _epoch,
-                "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "optimizers": {k: _clone(o.state_dict()) for k, o in opts.items()},
-                "shuffle_rng": shuffle.get_state(),
-                "rng": {k: v.clone() for k, v in _snap["rng"].items()},
-            }
+    for (result,) in PackedFit([config], dataset, device=device, resumes=[resume], features=features):
+        yield result
 
-        yield EpochResult(
-            epoch=epoch,
-            total_epochs=t.epochs,
-            step=plan.step,
-            lr=lr,
-            losses=losses,
-            val=val,
-            seconds=time.perf_counter() - t0,
-            model=model,
-            _state_fn=state_fn,
-        )
+
+def restore_state(resume: dict, model: EMMIL, opts: dict[str, torch.optim.Optimizer],
+                  shuffle: torch.Generator) -> tuple[dict, int]:
+    """Load an EpochResult.state() into a freshly built model, its optimisers and shuffle generator;
+    returns (the dropout RNG state, the first epoch to train)."""
+    if resume.get("version") != STATE_VERSION or resume.get("config_hash") is None:
+        raise ConfigError("resume: not an emmil training state (missing version/config_hash)")
+    model.load_state_dict(resume["model"])
+    for name, opt in opts.items():
+        # a copy: Optimizer.load_state_dict keeps the given tensors (same device and dtype), and training
+        # would then update the caller's state in place (a second resume from it would start elsewhere)
+        opt.load_state_dict(_clone(resume["optimizers"][name]))
+    shuffle.set_state(resume["shuffle_rng"])
+    return resume["rng"], int(resume["epoch"]) + 1
+
+
+def training_state(config: RunConfig, epoch: int, model: EMMIL, opts: dict[str, torch.optim.Optimizer],
+                   shuffle: torch.Generator, rng: dict) -> dict:
+    """EpochResult.state(): copies of everything training reads next (the format restore_state loads)."""
+    return {
+        "version": STATE_VERSION,
+        "config_hash": _hash(config),
+        "epoch": epoch,
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizers": {k: _clone(o.state_dict()) for k, o in opts.items()},
+        "shuffle_rng": shuffle.get_state(),
+        "rng": {k: v.clone() for k, v in rng.items()},
+    }
 
 
 def validation_videos(config: RunConfig, dataset: Dataset) -> tuple[Video, ...]:
@@ -499,39 +486,83 @@ def _clone(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- inference
 
 
-@torch.no_grad()
-def predict_scores(
-    model: EMMIL, videos: tuple[Video, ...], features: torch.Tensor, *, max_rows: int = 16384
-) -> list[dict[str, np.ndarray]]:
-    """Per video: q_rgb, q_flow (T,), p_rgb, p_flow (T, C), video (C,) as float64 numpy arrays.
+SCORE_ROWS = 16384  # clips per scoring pass (predict_scores' max_rows)
 
-    Videos are scored in packs of at most `max_rows` clips: the gathered pack is a transient copy
-    (16384 x 2048 float32 = 128 MiB at I3D width), kept small so a trial's peak stays near its
-    training footprint."""
-    model.eval()
-    dev = features.device
-    out: list[dict[str, np.ndarray]] = []
-    i = 0
+
+def score_batches(videos: tuple[Video, ...], max_rows: int = SCORE_ROWS) -> list[tuple[Video, ...]]:
+    """The consecutive groups of `videos` that predict_scores scores in one pass: at most `max_rows`
+    clips each (a longer video alone)."""
+    out, i = [], 0
     while i < len(videos):
         j, rows = i, 0
         while j < len(videos) and (j == i or rows + videos[j].num_clips <= max_rows):
             rows += videos[j].num_clips
             j += 1
-        batch = videos[i:j]
-        lengths = torch.tensor([v.num_clips for v in batch], dtype=torch.long, device=dev)
-        starts = torch.tensor([v.start for v in batch], dtype=torch.long, device=dev)
-        packing = make_packing(lengths, dev)
-        scores = model.scores(features[gather_rows(starts, lengths)], packing)
-        cpu = {k: v.double().cpu().numpy() for k, v in scores.items()}
-        offset = 0
-        for b, v in enumerate(batch):
-            sl = slice(offset, offset + v.num_clips)
-            out.append({
-                "q_rgb": cpu["q_rgb"][sl], "q_flow": cpu["q_flow"][sl],
-                "p_rgb": cpu["p_rgb"][sl], "p_flow": cpu["p_flow"][sl], "video": cpu["video"][b],
-            })
-            offset += v.num_clips
+        out.append(tuple(videos[i:j]))
         i = j
+    return out
+
+
+def batch_input(batch: tuple[Video, ...], features: torch.Tensor) -> tuple[torch.Tensor, Packing]:
+    """(x (N, D) the gathered clips of `batch`, their packing) for a scoring pass."""
+    dev = features.device
+    lengths = torch.tensor([v.num_clips for v in batch], dtype=torch.long, device=dev)
+    starts = torch.tensor([v.start for v in batch], dtype=torch.long, device=dev)
+    return features[gather_rows(starts, lengths)], make_packing(lengths, dev)
+
+
+def video_scores(scores: dict[str, torch.Tensor], batch: tuple[Video, ...]) -> list[dict[str, np.ndarray]]:
+    """EMMIL.scores of one pass over `batch` -> predict_scores' per-video float64 numpy dicts."""
+    cpu = {k: v.double().cpu().numpy() for k, v in scores.items()}
+    out, offset = [], 0
+    for b, v in enumerate(batch):
+        sl = slice(offset, offset + v.num_clips)
+        out.append({
+            "q_rgb": cpu["q_rgb"][sl], "q_flow": cpu["q_flow"][sl],
+            "p_rgb": cpu["p_rgb"][sl], "p_flow": cpu["p_flow"][sl], "video": cpu["video"][b],
+        })
+        offset += v.num_clips
+    return out
+
+
+# (id(model), id(features), video names) -> (model, features, scores): scores computed elsewhere (a
+# pack scores all its members in one pass, emmil.packed) that predict_scores returns instead of
+# running the network, so the ordinary evaluate_test / validation_metrics run on them unchanged.
+_GIVEN_SCORES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("emmil_given_scores", default=None)
+
+
+@contextlib.contextmanager
+def given_scores(entries: list[tuple[EMMIL, torch.Tensor, tuple[Video, ...], list[dict]]]) -> Iterator[None]:
+    """Within the block, predict_scores(model, videos, features) (default max_rows) returns the given
+    scores of each (model, features, videos, scores) entry; anything else is scored as usual. The
+    scores must be predict_scores' own for that model (emmil.packed.packed_scores computes them so)."""
+    table = {(id(m), id(f), tuple(v.name for v in vs)): (m, f, sc) for m, f, vs, sc in entries}
+    token = _GIVEN_SCORES.set(table)
+    try:
+        yield
+    finally:
+        _GIVEN_SCORES.reset(token)
+
+
+@torch.no_grad()
+def predict_scores(
+    model: EMMIL, videos: tuple[Video, ...], features: torch.Tensor, *, max_rows: int = SCORE_ROWS
+) -> list[dict[str, np.ndarray]]:
+    """Per video: q_rgb, q_flow (T,), p_rgb, p_flow (T, C), video (C,) as float64 numpy arrays.
+
+    Videos are scored in packs of at most `max_rows` clips: the gathered pack is a transient copy
+    (16384 x 2048 float32 = 128 MiB at I3D width), kept small so a trial's peak stays near its
+    training footprint. Inside given_scores, given scores are returned without a forward."""
+    model.eval()
+    given = _GIVEN_SCORES.get()
+    if given is not None and max_rows == SCORE_ROWS:
+        hit = given.get((id(model), id(features), tuple(v.name for v in videos)))
+        if hit is not None:
+            return list(hit[2])
+    out: list[dict[str, np.ndarray]] = []
+    for batch in score_batches(videos, max_rows):
+        x, packing = batch_input(batch, features)
+        out.extend(video_scores(model.scores(x, packing), batch))
     return out
 
 
@@ -614,8 +645,12 @@ def _ground_truth_of(dataset: Dataset, videos: tuple[Video, ...]) -> dict:
 def evaluate_videos(
     config: RunConfig, dataset: Dataset, model: EMMIL, videos: tuple[Video, ...], features: torch.Tensor,
     *, prefix: str,
-) -> tuple[dict[str, float], dict, list[dict]]:
-    """(metrics with `prefix`_ keys, predictions JSON, per-video scores) for `videos`."""
+) -> tuple[dict[str, float], dict, list[dict], dict[str, list[float | None]]]:
+    """(metrics with `prefix`_ keys, predictions JSON, per-video scores, per-class AP) for `videos`.
+
+    Per-class AP: every class of the dataset, in its order -> AP per tIoU of TIOU[dataset] (fractions);
+    None where undefined: a class without a ground-truth segment among `videos` has no AP (and is not
+    in the mAP), so its list is all None."""
     from emmil.evaluate import TIOU, classification_map, detection_map, segment_coverage
 
     was_training = model.training
@@ -631,8 +666,11 @@ def evaluate_videos(
     video_scores = np.stack([s["video"] for s in scores]) if scores else np.zeros((0, len(dataset.classes)))
     metrics[f"{prefix}_cls_mAP"] = float(classification_map(video_scores, dataset.label_matrix(videos)))
     metrics[f"{prefix}_coverage"] = float(segment_coverage(gt, predictions))
+    undefined = [None] * len(result.tiou)
+    per_class = {c: [float(x) if np.isfinite(x) else None for x in result.per_class_AP[c]]
+                 if c in result.per_class_AP else list(undefined) for c in dataset.classes}
     model.train(was_training)
-    return metrics, predictions, scores
+    return metrics, predictions, scores, per_class
 
 
 @dataclass(frozen=True)
@@ -642,6 +680,19 @@ class TestOutcome:
     metrics: dict
     predictions: dict  # {"results": {video: [{label, segment, score}]}}
     timelines: dict  # docs/CONTRACTS.md timelines.json layout
+    tiou: tuple[float, ...]  # the test tIoU thresholds (emmil.evaluate.TIOU[dataset])
+    # class -> test AP per tIoU of `tiou` (fractions); None where undefined (a class with no test segment)
+    per_class_AP: dict[str, list[float | None]]
+
+    def per_class_document(self) -> dict:
+        """per_class_ap.json: {"tiou": [...], "per_class_AP": {class: [AP or null per tIoU]}} plus, when a
+        class has no AP, "per_class_AP_reason": {class: why}; strict JSON (`emmil report` reads it)."""
+        doc: dict = {"tiou": list(self.tiou), "per_class_AP": self.per_class_AP}
+        absent = [c for c, ap in self.per_class_AP.items() if all(x is None for x in ap)]
+        if absent:
+            doc["per_class_AP_reason"] = dict.fromkeys(absent, "no ground-truth segment of this class in the test "
+                                                       "subset: AP undefined, not counted in the mAP")
+        return doc
 
 
 def evaluate_test(
@@ -655,10 +706,13 @@ def evaluate_test(
     if not videos:
         raise DataError(f"{dataset.name}: no videos in the test subset {dataset.test_subset!r}")
     config, selection = select_localizer(config, dataset, model, feats)  # held-out training videos only
-    metrics, predictions, scores = evaluate_videos(config, dataset, model, videos, feats, prefix="test")
+    metrics, predictions, scores, per_class = evaluate_videos(config, dataset, model, videos, feats, prefix="test")
     metrics.update(selection)
     timelines = build_timelines(config, dataset, videos, scores, predictions, timeline_videos)
-    return TestOutcome(metrics=metrics, predictions=predictions, timelines=timelines)
+    from emmil.evaluate import TIOU
+
+    return TestOutcome(metrics=metrics, predictions=predictions, timelines=timelines,
+                       tiou=tuple(round(float(t), 6) for t in TIOU[dataset.name]), per_class_AP=per_class)
 
 
 def build_timelines(
@@ -760,8 +814,9 @@ def train_run(
     config: RunConfig, dataset: Dataset, out_dir: str | Path, *, progress: bool = True,
     device: torch.device | str | None = None, on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> dict:
-    """Fit to the end, evaluate on test, write config.yaml, predictions.json, timelines.json, model.pt
-    (emmil.model_file) and, LAST and atomically, metrics.json (its presence marks the run finished).
+    """Fit to the end, evaluate on test, write config.yaml, predictions.json, timelines.json,
+    per_class_ap.json (TestOutcome.per_class_document), model.pt (emmil.model_file) and, LAST and
+    atomically, metrics.json (its presence marks the run finished).
     Returns the metrics."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -798,6 +853,7 @@ def train_run(
     outcome = evaluate_test(config, dataset, model, device=dev, features=feats)
     _write_atomic(out / "predictions.json", json.dumps(outcome.predictions))
     _write_atomic(out / "timelines.json", json.dumps(outcome.timelines))
+    _write_atomic(out / "per_class_ap.json", json.dumps(outcome.per_class_document(), allow_nan=False))
     _save_run_model(out, config, model, dataset, outcome.metrics)  # before metrics.json marks it finished
     val_last = {k: v for row in history for k, v in row.items() if k.startswith("val_")}
     metrics = {

@@ -296,23 +296,25 @@ def keeps_model(policy: str, stage: str) -> bool:
 
 
 def _write_artifacts(out_dir: Path, cfg, metrics: Mapping[str, float], outcome, model=None, data=None) -> Path:
-    """The trial's artifact folder, logged to its MLflow run: config.yaml, metrics.json and, when it
-    evaluated on test, predictions.json, timelines.json; model.pt (emmil.model_file) when `model` is given."""
+    """The trial's artifact folder, logged to its MLflow run: config.yaml, and, when it evaluated on test,
+    predictions.json, timelines.json, per_class_ap.json; model.pt (emmil.model_file) when `model` is given;
+    metrics.json last (as `emmil train` writes its run directory)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
     from emmil.train import finite_or_null
 
-    (out_dir / "metrics.json").write_text(json.dumps(finite_or_null(dict(metrics)), indent=1, sort_keys=True,
-                                                     allow_nan=False))  # strict JSON: NaN -> null (issue 13)
     if outcome is not None:
         (out_dir / "predictions.json").write_text(json.dumps(outcome.predictions))
         (out_dir / "timelines.json").write_text(json.dumps(outcome.timelines))
+        (out_dir / "per_class_ap.json").write_text(json.dumps(outcome.per_class_document(), allow_nan=False))
     if model is not None:
         from emmil.model_file import MODEL_FILE, save_model
         from emmil.train import localized_config
 
         save_model(out_dir / MODEL_FILE, cfg, model, data.classes, clip_seconds=data.clip_seconds,
                    localize=localized_config(cfg, dict(metrics)).localize)
+    (out_dir / "metrics.json").write_text(json.dumps(finite_or_null(dict(metrics)), indent=1, sort_keys=True,
+                                                     allow_nan=False))  # strict JSON: NaN -> null (issue 13)
     return out_dir
 
 
@@ -584,12 +586,14 @@ def tune_trials(
     scheduler=None,
     progress_total: int = 0,
     progress_label: str = "trial",
+    trainable_fn: Callable[..., None] | None = None,
 ):
     """Run one fresh Tune experiment at storage/name (never a restored one: see the module doc); ResultGrid.
 
     `data`: the dataset's ObjectRef from `put_dataset` (an object would be put again per call).
+    `trainable_fn`: emmil_trial (default) or harness.packed_trials.emmil_pack_trial.
     """
-    trainable = tune.with_parameters(tune.with_resources(emmil_trial, resources.as_dict()), data=data)
+    trainable = tune.with_parameters(tune.with_resources(trainable_fn or emmil_trial, resources.as_dict()), data=data)
     param_space = dict(param_space or {})
     if isinstance(param_space.get("run"), Mapping):  # trials on other nodes deliver before done (emmil_trial)
         import ray

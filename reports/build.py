@@ -18,13 +18,13 @@ import math
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib
 import pandas as pd
 
 from emmil.errors import ConfigError
-from reports import plots, tables
+from reports import per_class, plots, tables
 from reports.document import Figure, Report, Section, Table
 from reports.render import FORMATS, write_report
 from reports.runs import RunSet, load_json_artifact, load_runs, metric_histories, redact
@@ -124,6 +124,35 @@ def timeline_figure(key, block: pd.DataFrame, tracking_uri: str, tmp: str) -> tu
     caption = (f"Fused score L_t (Eq. 9, blue), threshold (dashed), predicted segments (blue bars) and ground truth "
                f"(red bars) for test videos {', '.join(videos)}; variants {', '.join(per_variant)}; {key[1]}.")
     return Figure(tables.block_key("timelines", key), caption, png), notes
+
+
+# ---------------------------------------------------------------- per-class AP
+def per_class_docs(tracking_uri: str, run_ids, tmp: str) -> dict[str, per_class.PerClassAP | None]:
+    """run_id -> its parsed per_class_ap.json, None when the run has none (an older run)."""
+    out = {}
+    for run_id in run_ids:
+        doc = load_json_artifact(tracking_uri, run_id, per_class.ARTIFACT, tmp)
+        out[run_id] = None if doc is None else per_class.parse_per_class(
+            doc, f"run {run_id} artifact {per_class.ARTIFACT}")
+    return out
+
+
+def per_class_sections(blist, docs: Mapping[str, per_class.PerClassAP | None]) -> tuple[Section, Section | None]:
+    """The 'Per-class AP' section (one overview table per block: classes x variants at the tIoU-averaged AP)
+    and the appendix (one classes x tIoU table per block and variant), None when no run has the artifact."""
+    overviews, details, notes = [], [], []
+    for key, block in blist:
+        t = per_class.per_class_tables(key, block, docs)
+        if t.overview is not None:
+            overviews.append(t.overview)
+        details += t.details
+        notes += t.notes
+    intro = ("Test AP of each class, from each run's per_class_ap.json artifact: which classes a variant gains "
+             "or loses on. One table per dataset / data source / protocol; one column per variant (the AP "
+             "averaged over the tIoU thresholds); the per-tIoU tables are in the appendix.",)
+    main = Section("Per-class AP", intro + tuple(notes), tables=tuple(overviews))
+    appendix = Section("Appendix: per-class AP by tIoU", tables=tuple(details)) if details else None
+    return main, appendix
 
 
 # ---------------------------------------------------------------- sweeps
@@ -265,6 +294,11 @@ def _intro(rs: RunSet, command: str | None) -> tuple[str, ...]:
         lines.append("WARNING: some rows were measured on features of unverified origin (not declared real with "
                      "--real-features, not marked synthetic by a SYNTHETIC.json): what they measure depends on "
                      "what those features are; compare them with the paper's numbers only once you know.")
+    if len(rs.sources) > 1:
+        lines.append("Compared side by side: " + "; ".join(f"'{label}' = {what}" for label, what in rs.sources.items())
+                     + ". Where a table holds rows of several sources, each row's stage names its source "
+                     "(`<source> · <stage>`): rows, baselines and pairs of one source are never merged with or "
+                     "compared against another's.")
     if command:
         lines.append(f"Report command: {redact(command)}")
     return tuple(lines)
@@ -292,6 +326,12 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
          f"too: their difference measures {baseline}'s distance to them.",),
         tables=tuple(tables.paired_table(k, b, baseline) for k, b in blist)))
     sections.append(Section("Completeness", tables=tuple(tables.completeness_table(k, b) for k, b in blist)))
+    appendix = None
+    if blist:
+        with tempfile.TemporaryDirectory(prefix="emmil-report-") as tmp:
+            docs = per_class_docs(rs.tracking_uri, [r for _, b in blist for r in b["run_id"]], tmp)
+        per_class_section, appendix = per_class_sections(blist, docs)
+        sections.append(per_class_section)
 
     figs = [map_vs_tiou_figure(k, b, published) for k, b in blist]
     sections.append(Section("mAP vs tIoU", figures=tuple(figs)))
@@ -341,14 +381,19 @@ def build_sections(rs: RunSet, published: tables.Published, *, optuna_storage: s
                     f"git {p.git_commit or '(not tagged)'}."
                     for p in rs.parents.itertuples())
     sections.append(Section("Provenance", parents, tables=tuple(prov)))
+    if appendix is not None:
+        sections.append(appendix)
     return sections
 
 
-def build_report(tracking_uri: str, *, experiment: str | None = None, parent_run_id: str | None = None,
+def build_report(tracking_uri: str, *, experiment: str | Sequence[str] | None = None,
+                 parent_run_id: str | Sequence[str] | None = None,
                  out_dir, formats: Sequence[str] | str = FORMATS, optuna_storage: str | None = None,
                  study_name: str | None = None, command: str | None = None,
                  baseline: str = tables.BASELINE_VARIANT) -> Path:
-    """Build the report of one experiment / one parent run / (neither) every emmil-* experiment.
+    """Build the report of one or several experiments / parent runs, or (neither) every emmil-* experiment.
+    Several: their rows side by side in each table, each source's stage qualified by its name (reports/runs.py
+    `source`), data sources still apart.
 
     Returns out_dir. User errors (unknown experiment or run, bad format, a finished run missing schema
     tags, an unreadable artifact) raise emmil.errors.ConfigError / DataError naming the run and key.
@@ -362,7 +407,12 @@ def build_report(tracking_uri: str, *, experiment: str | None = None, parent_run
                           f" (variants: {', '.join(variants) or 'none'})")
     sections = build_sections(rs, published, optuna_storage=optuna_storage, study_name=study_name,
                               baseline=baseline)
-    what = f"parent run {parent_run_id}" if parent_run_id else ", ".join(rs.experiments)
+    if isinstance(parent_run_id, str) or (parent_run_id and len(parent_run_id) == 1):
+        what = f"parent run {parent_run_id if isinstance(parent_run_id, str) else parent_run_id[0]}"
+    elif parent_run_id:
+        what = "parent runs " + ", ".join(rs.sources)
+    else:
+        what = ", ".join(rs.experiments)
     report = Report(f"EM-MIL bench report: {what}", _intro(rs, command), tuple(sections))
     out = Path(out_dir)
     write_report(report, out, fmts, rs.trials)

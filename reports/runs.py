@@ -1,7 +1,9 @@
 """Read finished runs out of MLflow into one pandas table (docs/CONTRACTS.md "Tracking schema").
 
 Reads the tracking store only (never a live Ray cluster). One row per trial (child) run with
-  identity:  run_id, experiment, status, parent_run_id, start_time, artifact_uri
+  identity:  run_id, experiment, status, parent_run_id, start_time, artifact_uri, source (the --experiment /
+             --run-id it was selected by: its experiment's short name, or <experiment>@<parent id8> for
+             several --run-id of one experiment)
   tags:      dataset, data_source, variant, seed (int), eval_protocol, stage, config_hash,
              git_commit, command, device, trial_id   (the `emmil.` prefix dropped)
   config:    config_group: hash of the params except seed/device -> seeds of one config share it
@@ -18,6 +20,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import pandas as pd
 
@@ -41,6 +44,9 @@ class RunSet:
     excluded: pd.DataFrame  # trial runs left out of the tables: run_id, status, variant, seed, reason
     parents: pd.DataFrame  # parent runs: run_id, experiment, status, kind, ..., planned_trials (tag text)
     parent_tags: dict = field(default_factory=dict)  # parent run_id -> {tag: value} (all tags)
+    # source label (the `source` column of runs/trials) -> what it is ("parent run <id> (experiment ..., preset
+    # quick)", "experiment emmil-table3"); one entry per --run-id / --experiment of `emmil report`
+    sources: dict = field(default_factory=dict)
 
 
 _PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")  # scheme://user:PASSWORD@host
@@ -132,13 +138,24 @@ def _check_tags(row: dict) -> None:
         raise DataError(f"run {row['run_id']}: tag emmil.seed={row['seed']!r} is not an integer") from None
 
 
-def load_runs(tracking_uri: str, *, experiment: str | None = None, parent_run_id: str | None = None) -> RunSet:
-    """All trial runs of one experiment, of one parent run, or (neither) of every emmil-* experiment."""
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The runs one --experiment / --run-id (or neither: every emmil-* experiment) selects."""
+
+    experiments: list  # MLflow Experiment objects read
+    trials: list  # trial runs (MLflow Run objects)
+    parents: list  # parent runs
+
+
+def _select(client, tracking_uri: str, experiment: str | None, parent_run_id: str | None) -> _Selection:
     from mlflow.exceptions import MlflowException
 
-    if experiment is not None and parent_run_id is not None:
-        raise ConfigError("give --experiment or --run-id, not both")
-    client = _client(tracking_uri)
     if parent_run_id is not None:
         try:
             parent = client.get_run(parent_run_id)
@@ -152,28 +169,91 @@ def load_runs(tracking_uri: str, *, experiment: str | None = None, parent_run_id
         experiments = [client.get_experiment(parent.info.experiment_id)]
         children_filter = f"tags.mlflow.parentRunId = '{parent_run_id}'"
         parent_runs = [parent]
+        where = f"parent run {parent_run_id}"
     else:
         experiments = _resolve_experiments(client, experiment, tracking_uri)
         children_filter = "tags.`emmil.role` = 'trial'"
         parent_runs = _search_all(client, [e.experiment_id for e in experiments], "tags.`emmil.role` = 'parent'")
-    names = {e.experiment_id: e.name for e in experiments}
+        where = f"experiment(s) {sorted(e.name for e in experiments)}"
+    trials = [r for r in _search_all(client, [e.experiment_id for e in experiments], children_filter)
+              if r.data.tags.get("emmil.role") == "trial"]  # a nested non-trial run (data prep) is not a row
+    if not trials:
+        raise DataError(f"no trial runs (tag emmil.role=trial) under {where} at {redact(tracking_uri)}")
+    return _Selection(experiments, trials, parent_runs)
+
+
+def short_name(experiment_name: str) -> str:
+    """emmil-table3 -> table3: how a row's source is printed."""
+    return experiment_name.removeprefix("emmil-")
+
+
+def _source_labels(selections: list[_Selection], by_run_id: bool) -> list[dict[str, str]]:
+    """Per selection: {trial run id: source label}. The label is the run's experiment (short name);
+    for several --run-id in one experiment, `<experiment>@<parent id, 8 hex>` so they stay apart."""
+    names = [short_name(s.experiments[0].name) for s in selections] if by_run_id else []
+    out = []
+    for i, sel in enumerate(selections):
+        exp_names = {e.experiment_id: short_name(e.name) for e in sel.experiments}
+        if by_run_id:
+            label = names[i] if names.count(names[i]) == 1 else f"{names[i]}@{sel.parents[0].info.run_id[:8]}"
+            out.append({r.info.run_id: label for r in sel.trials})
+        else:
+            out.append({r.info.run_id: exp_names[r.info.experiment_id] for r in sel.trials})
+    return out
+
+
+def load_runs(tracking_uri: str, *, experiment: str | Sequence[str] | None = None,
+              parent_run_id: str | Sequence[str] | None = None) -> RunSet:
+    """All trial runs of one or several experiments, of one or several parent runs, or (neither) of every
+    emmil-* experiment. Each row's `source` says which selection it came from (see _source_labels):
+    with several, tables.blocks keeps each source's rows, baselines and pairs apart."""
+    experiments, parent_ids = _as_list(experiment), _as_list(parent_run_id)
+    if experiments and parent_ids:
+        raise ConfigError("give --experiment or --run-id, not both")
+    for flag, values in (("--experiment", experiments), ("--run-id", parent_ids)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{flag} {twice[0]} given twice")
+    client = _client(tracking_uri)
+    if parent_ids:
+        selections = [_select(client, tracking_uri, None, p) for p in parent_ids]
+    elif experiments:
+        selections = [_select(client, tracking_uri, e, None) for e in experiments]
+        ids = [s.experiments[0].experiment_id for s in selections]
+        for i, e in enumerate(experiments):
+            if ids.index(ids[i]) != i:
+                raise ConfigError(f"--experiment {e} and --experiment {experiments[ids.index(ids[i])]} are the same "
+                                  f"MLflow experiment {selections[i].experiments[0].name}")
+    else:
+        selections = [_select(client, tracking_uri, None, None)]
+    labels = _source_labels(selections, by_run_id=bool(parent_ids))
+    names = {e.experiment_id: e.name for s in selections for e in s.experiments}
 
     kept, excluded, trials = [], [], []
-    for run in _search_all(client, list(names), children_filter):
-        if run.data.tags.get("emmil.role") != "trial":
-            continue  # a nested non-trial run (e.g. a data-prep step) is not a table row
-        row = _trial_row(run, names[run.info.experiment_id])
-        trials.append(row)
-        reason = _exclusion_reason(row)
-        if reason is None:
-            _check_tags(row)
-            kept.append(row)
-        elif row["stage"] != "search":  # search trials are listed in the report's Sweep section instead
-            excluded.append({k: row[k] for k in ("run_id", "experiment", "status", "variant", "seed", "stage")}
-                            | {"reason": reason})
-    if not trials:
-        where = f"parent run {parent_run_id}" if parent_run_id else f"experiment(s) {sorted(names.values())}"
-        raise DataError(f"no trial runs (tag emmil.role=trial) under {where} at {redact(tracking_uri)}")
+    for sel, source_of in zip(selections, labels):
+        for run in sel.trials:
+            row = _trial_row(run, names[run.info.experiment_id])
+            row["source"] = source_of[run.info.run_id]
+            trials.append(row)
+            reason = _exclusion_reason(row)
+            if reason is None:
+                _check_tags(row)
+                kept.append(row)
+            elif row["stage"] != "search":  # search trials are listed in the report's Sweep section instead
+                excluded.append({k: row[k] for k in ("run_id", "experiment", "status", "variant", "seed", "stage")}
+                                | {"reason": reason})
+    parent_runs = [p for s in selections for p in s.parents]
+    sources = {}
+    for sel, source_of in zip(selections, labels):
+        if parent_ids:
+            p = sel.parents[0]
+            preset = p.data.params.get("preset")
+            sources[next(iter(source_of.values()))] = (
+                f"parent run {p.info.run_id} (experiment {names[p.info.experiment_id]}"
+                + (f", preset {preset}" if preset else "") + ")")
+        else:
+            sources.update({short_name(e.name): f"experiment {e.name}" for e in sel.experiments
+                            if short_name(e.name) in source_of.values()})
 
     # planned_trials: the trials the ablation/sweep plans (tag emmil.planned_trials; absent on older runs)
     parent_columns = ["run_id", "experiment", "status", "kind", "dataset", "data_source", "command", "git_commit",
@@ -192,17 +272,18 @@ def load_runs(tracking_uri: str, *, experiment: str | None = None, parent_run_id
     )
     runs = pd.DataFrame(kept)
     if not runs.empty:
-        runs = runs.sort_values(["dataset", "data_source", "eval_protocol", "stage", "variant", "config_group",
-                                 "seed"], kind="stable").reset_index(drop=True)
+        runs = runs.sort_values(["dataset", "data_source", "eval_protocol", "source", "stage", "variant",
+                                 "config_group", "seed"], kind="stable").reset_index(drop=True)
     return RunSet(
         tracking_uri=tracking_uri,
-        experiments=tuple(sorted(names.values())),
+        experiments=tuple(sorted(set(names.values()))),
         runs=runs,
         trials=pd.DataFrame(trials),
         excluded=pd.DataFrame(excluded, columns=["run_id", "experiment", "status", "variant", "seed", "stage",
                                                  "reason"]),
         parents=parents,
         parent_tags={p.info.run_id: dict(p.data.tags) for p in parent_runs},
+        sources=sources,
     )
 
 

@@ -175,15 +175,18 @@ STAGE_SEPARATOR = " · "  # between experiment and stage in a row key when a blo
 
 def blocks(runs: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
     """The runs split by (dataset, data_source, eval_protocol), in a stable order. A block holding runs of
-    several experiments (e.g. `emmil report` over every emmil-* experiment) qualifies each stage by its
-    experiment (`table3 · ablation`): rows, baselines and pairs then stay inside one experiment, and two
-    `full` rows of two experiments are never merged nor compared with each other (issue 14.6)."""
+    several sources (column `source`, reports/runs.py: the experiments of `emmil report` over every emmil-*
+    experiment or several --experiment, or `<experiment>@<parent>` of several --run-id; the experiment when
+    a table has no `source` column) qualifies each stage by its source (`table3 · ablation`): rows, baselines
+    and pairs then stay inside one source, and two `full` rows of two sources are never merged nor compared
+    with each other (issue 14.6); they sit side by side, e.g. a quick- and a paper-preset ablation."""
     if runs.empty:
         return []
+    column = "source" if "source" in runs else "experiment"
     out = []
     for key, df in runs.groupby(list(BLOCK_KEYS), sort=True):
-        if "experiment" in df and df["experiment"].nunique() > 1:
-            names = [str(e).removeprefix("emmil-") for e in df["experiment"]]
+        if column in df and df[column].nunique() > 1:
+            names = [str(e).removeprefix("emmil-") for e in df[column]]
             df = df.assign(stage=[f"{e}{STAGE_SEPARATOR}{st}" for e, st in zip(names, df["stage"])])
         out.append((key, df))
     return out
@@ -267,7 +270,8 @@ def seed_map(group: pd.DataFrame, metric: str) -> dict[int, float]:
             raise DataError(
                 f"two finished runs with seed {seed} in one configuration (variant {group['variant'].iloc[0]}, "
                 f"runs {list(dup['run_id'])}, parent runs {sorted(set(dup['parent_run_id']))}): report one "
-                "ablation/sweep at a time with --run-id PARENT")
+                "ablation/sweep at a time with --run-id PARENT, or compare them side by side with one --run-id "
+                "per parent")
         out[int(seed)] = float(value)
     return out
 

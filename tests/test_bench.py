@@ -157,3 +157,40 @@ def test_gpu_bench_train_cpu_smoke(tmp_path):
     assert result["ratio_vs_fp32_matmul"] == pytest.approx(expected, rel=0.05), (result, expected)
     assert result["step"]["fp32_ms"] > 0
     assert time.perf_counter() - start < 90
+
+
+def test_packing_quick_mode(tmp_path):
+    # bench/packing.py --part train --quick: fit, a pack of 2, fit again; throughput and memory figures.
+    from emmil.data.synth import write_synthetic
+
+    data = write_synthetic("thumos14", tmp_path / "data", dim=32, seed=0, max_videos=24)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "packing.py"), "--part", "train", "--quick",
+                          "--data-dir", str(data)], capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = common.parse_result(out.stdout)
+    assert result["benchmark"] == "packing" and result["quick"] is True
+    throughput = result["train"]["throughput"]
+    runs = throughput["runs"]
+    # fit, pack2, fit: a pack between two fit runs
+    assert list(runs) == ["fit", "pack2"] and len(runs["fit"]) == 2 and runs["pack2"]["members"] == 2
+    for r in [*runs["fit"], runs["pack2"]]:  # executed FLOP/s / matmul rate (both rounded: 2% slack)
+        assert r["ratio_vs_matmul"] == pytest.approx(r["executed_gflop_per_s"] / r["matmul_gflop_per_s"], rel=0.02)
+    around = (runs["fit"][0]["ratio_vs_matmul"] + runs["fit"][1]["ratio_vs_matmul"]) / 2
+    assert throughput["ratio_over_fit"]["pack2"] == pytest.approx(runs["pack2"]["ratio_vs_matmul"] / around, rel=0.01)
+    mem = result["train"]["memory"]["runs"]
+    assert mem["pack2"]["peak_uss_per_member_mib"] == pytest.approx(mem["pack2"]["peak_uss_mib"] / 2, abs=0.1)
+    assert all(r["peak_uss_mib"] >= r["loaded_uss_mib"] > 0 for r in mem.values())
+
+
+def test_packing_harness_quick_mode():
+    # bench/packing.py --part harness --quick: Table 3 x 2 seeds bare, then `emmil ablate --pack 1` and
+    # `--pack 2`; the ratios are computed from the walls it reports, and every trial has its run
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "packing.py"), "--part", "harness", "--quick"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=420)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    h = common.parse_result(out.stdout)["harness"]
+    assert h["trials"] == 8 and h["seeds"] == 2 and h["child_runs_pack1"] == h["child_runs_pack2"] == 8
+    for k in (1, 2):
+        assert h[f"overhead_ratio_pack{k}"] == pytest.approx(h[f"wall_seconds_pack{k}"] / (h["bare_sum_seconds"] / 2),
+                                                            rel=0.01)
+    assert h["pack_speedup"] == pytest.approx(h["wall_seconds_pack1"] / h["wall_seconds_pack2"], rel=0.01)

@@ -64,3 +64,25 @@ def test_tiny_real_ablation_report_matches_its_tracked_runs(tmp_path):
     assert any(p.name.startswith("timelines_") for p in (report / "figures").iterdir())
     comp = next(pd.read_csv(p) for p in (report / "tables").glob("completeness_*.csv")).set_index("variant")
     assert comp.loc["full", "test_coverage"] == pytest.approx(logged["full"]["test_coverage"])
+
+    # Issue 12: every trial logged per_class_ap.json; the mean over the classes with a test segment is the
+    # logged test mAP at each tIoU, and the report's per-class table holds each class's tIoU-averaged AP
+    # (one seed: the run's own value, no spread).
+    import json
+    from pathlib import Path
+
+    pc = next(pd.read_csv(p) for p in (report / "tables").glob("per_class_thumos14_*.csv")).set_index(
+        ["variant", "class"])
+    for run in children:
+        variant = run.data.tags["emmil.variant"]
+        path = client.download_artifacts(run.info.run_id, "per_class_ap.json", str(tmp_path / run.info.run_id))
+        doc = json.loads(Path(path).read_text())
+        defined = {c: ap for c, ap in doc["per_class_AP"].items() if ap[0] is not None}
+        assert defined
+        for k, t in enumerate(doc["tiou"]):
+            mean = sum(ap[k] for ap in defined.values()) / len(defined)
+            assert mean == pytest.approx(logged[variant][f"test_mAP_{t:.2f}"], abs=1e-9), (variant, t)
+        for c, ap in defined.items():
+            assert pc.loc[(variant, c), "AP_avg"] == pytest.approx(sum(ap) / len(ap)), (variant, c)
+            assert pc.loc[(variant, c), "n"] == 1 and math.isnan(pc.loc[(variant, c), "AP_avg_std"])
+    assert "## Per-class AP" in md and "no per_class_ap.json artifact" not in md

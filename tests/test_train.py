@@ -245,3 +245,32 @@ def test_localizer_chosen_on_held_out_videos_only(small):
     assert again == chosen and info2 == info
     off = _tiny(variant="attention-mil", **{"localize.select_on_val": False, "train.val_fraction": 0.25})
     assert select_localizer(off, small, model, feats) == (off, {})
+
+
+def test_run_dir_has_per_class_ap_written_before_metrics_json(small, tmp_path, monkeypatch):
+    # Issue 12: train_run writes per_class_ap.json ({"tiou", "per_class_AP"}), metrics.json still last; the
+    # per-class AP equals `emmil eval --json`'s on the run's predictions, and the mean over the classes with
+    # a test segment is the logged test mAP at each tIoU.
+    import emmil.train as train_mod
+    from harness.cli import main
+
+    written = []
+    real = train_mod._write_atomic
+    monkeypatch.setattr(train_mod, "_write_atomic", lambda path, text: (written.append(path.name), real(path, text)))
+    metrics = train_run(_tiny(), small, tmp_path / "run", progress=False)
+    assert written.index("per_class_ap.json") < written.index("metrics.json") == len(written) - 1
+    doc = json.loads((tmp_path / "run" / "per_class_ap.json").read_text())
+    assert doc["tiou"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7] and list(doc["per_class_AP"]) == list(small.classes)
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(small.ground_truth(small.test_subset)))
+    assert main(["eval", str(gt), str(tmp_path / "run" / "predictions.json"), "--dataset", "thumos14",
+                 "--subset", "test", "--json", str(tmp_path / "ev.json")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())["per_class_AP"]
+    defined = {c: ap for c, ap in doc["per_class_AP"].items() if ap[0] is not None}
+    assert defined and {c: pytest.approx(ap, abs=1e-12) for c, ap in defined.items()} == \
+        {c: ap for c, ap in ev.items() if c in defined}
+    absent = sorted(set(small.classes) - set(defined))  # no test segment in this 24-video slice: all null
+    assert all(doc["per_class_AP"][c] == [None] * 7 for c in absent)
+    assert sorted(doc.get("per_class_AP_reason", {})) == absent
+    for k, t in enumerate(doc["tiou"]):
+        assert np.mean([ap[k] for ap in defined.values()]) == pytest.approx(metrics[f"test_mAP_{t:.2f}"], abs=1e-12)

@@ -41,6 +41,10 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which trials write model.pt (logged as an MLflow artifact): all, best (the chosen "
                              "configuration: every ablation trial, a sweep's final retrain) or none "
                              "(default: all for ablate, best for sweep)")
+    parser.add_argument("--pack", default="auto", metavar="K",
+                        help="train up to K trials of one variant and shape (e.g. seeds) as one vectorised model "
+                             "per Ray trial, each still its own MLflow run (harness.packed_trials; sweep: the "
+                             "final retrain's seeds); auto (default): 1 on CPU trials, 8 with --gpus-per-trial > 0")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --results")
     parser.add_argument("--no-report", action="store_true", help="do not build <results>/<name>/report at the end")
     from harness.cli.data_options import add_data_arguments
@@ -72,6 +76,7 @@ class Launch:
     keep_models: str | None = None  # --keep-models; None: the command's default
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set, every trial
     fail_once: Mapping[str, Any] | None = None  # test hook: {"epoch": k, "marker_dir": path}
+    pack: int = 1  # --pack: members per Ray trial (harness.packed_trials); 1: one trial per run
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,15 @@ def launch_from_args(args: argparse.Namespace) -> Launch:
         tracking_uri=tracking_uri, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         resume=args.resume, report=not args.no_report, overrides=parse_set_args(args.overrides),
-        keep_models=args.keep_models,
+        keep_models=args.keep_models, pack=_pack_from_args(args),
     )
+
+
+def _pack_from_args(args: argparse.Namespace) -> int:
+    from harness.packed_trials import PACK_AUTO, default_pack, parse_pack
+
+    value = parse_pack(str(args.pack))
+    return default_pack(args.gpus_per_trial) if value == PACK_AUTO else int(value)
 
 
 def dataset_loader(name: str, data_dir: str | None, args: argparse.Namespace) -> Callable[[], Any]:
@@ -149,7 +161,7 @@ def _run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: i
                   load_data: Callable[[], Any], command: str, out) -> Outcome:
     from emmil.config import config_hash, resolve_config
     from harness import runner, stop_signals, tracking
-    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session, result_rows, tune_trials
+    from harness.ray_tune import Resources, check_resources, put_dataset, ray_session
 
     trials = expand_trials(experiment, seeds)
     plan: dict[str, str] = {}
@@ -210,13 +222,13 @@ def _run_ablation(experiment: Experiment, *, dataset: str, preset: str, seeds: i
         runner.write_state(place, state)
         tracking.set_run_tags(target.uri, target.parent_run_id, {"emmil.planned_trials": len(trials)})  # reports
         if pending and not stop_signals.requested():
-            from ray import tune
+            from harness.packed_trials import tune_pending
 
             run_common["tracking"] = target.to_dict()
-            grid = tune_trials(put_dataset(take), name=runner.tune_dir_name(place, "ablation"), storage=place.root,
-                               param_space={"trial": tune.grid_search(pending), "run": run_common},
-                               resources=resources, max_failures=launch.max_failures, progress_total=len(pending))
-            rows += result_rows(grid)
+            rows += tune_pending(put_dataset(take), pending, run_common, pack=launch.pack, dataset=dataset,
+                                 preset=preset, prefix=experiment.name, label="trial", out=out,
+                                 name=runner.tune_dir_name(place, "ablation"), storage=place.root,
+                                 resources=resources, max_failures=launch.max_failures)
         return _finish_ablation(experiment, dataset, trials, rows, t0, place, target, state, meta, launch, command, out)
 
 

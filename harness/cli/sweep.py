@@ -222,16 +222,15 @@ def _run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sc
             if done:
                 out(f"final: {len(done)} of {final_seeds} seeds already retrained (kept), {len(pending)} to run")
             final_rows = list(done.values())
-            if pending:
-                grid = tune_trials(
-                    data_ref, name=runner.tune_dir_name(place, "final-test"), storage=place.root,
-                    param_space={"trial": tune.grid_search(pending),
-                                 "run": {**run_common, "stage": "final-test", "eval_test": True,
-                                         "tags": {**common_tags, "emmil.stage": "final-test"}}},
-                    resources=resources, max_failures=launch.max_failures, progress_total=len(pending),
-                    progress_label="final trial",
-                )
-                final_rows += result_rows(grid)
+            if pending:  # seeds of one config: packed with --pack K (harness.packed_trials)
+                from harness.packed_trials import tune_pending
+
+                final_rows += tune_pending(
+                    data_ref, pending, {**run_common, "stage": "final-test", "eval_test": True,
+                                        "tags": {**common_tags, "emmil.stage": "final-test"}},
+                    pack=launch.pack, dataset=dataset, preset=preset, prefix=place.name, label="final trial", out=out,
+                    name=runner.tune_dir_name(place, "final-test"), storage=place.root, resources=resources,
+                    max_failures=launch.max_failures)
             final_rows = _final_rows_label(final_rows)
             ok = [r for r in final_rows if not r.get("error") and "test_avg_mAP" in r]
             stopped = runner.stop_reason(place.results, stop_signals.requested()) if len(ok) < final_seeds else ""

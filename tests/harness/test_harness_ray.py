@@ -77,7 +77,7 @@ def test_ablation_writes_one_parent_and_one_child_per_trial(ablation):
         assert 0.0 <= metrics["test_avg_mAP"] <= 1.0 and "test_mAP_0.50" in metrics
         assert "loss" in metrics and "lr" in metrics
         assert sorted(a.path for a in c.list_artifacts(run.info.run_id)) == [
-            "config.yaml", "metrics.json", "model.pt", "predictions.json", "timelines.json"]
+            "config.yaml", "metrics.json", "model.pt", "per_class_ap.json", "predictions.json", "timelines.json"]
     # the trial's model (--keep-models all, the ablation default) is enough to predict: emmil predict loads it
     from emmil.model_file import load_model
 
