@@ -173,8 +173,9 @@ def test_packing_quick_mode(tmp_path):
     runs = throughput["runs"]
     # fit, pack2, fit: a pack between two fit runs
     assert list(runs) == ["fit", "pack2"] and len(runs["fit"]) == 2 and runs["pack2"]["members"] == 2
-    for r in [*runs["fit"], runs["pack2"]]:  # executed FLOP/s / matmul rate (both rounded: 2% slack)
-        assert r["ratio_vs_matmul"] == pytest.approx(r["executed_gflop_per_s"] / r["matmul_gflop_per_s"], rel=0.02)
+    for r in [*runs["fit"], runs["pack2"]]:  # executed FLOP/s / the best matmul reading (3 decimals kept)
+        assert r["ratio_vs_matmul"] == pytest.approx(r["executed_gflop_per_s"] / throughput["matmul_gflop_per_s"],
+                                                     rel=0.02, abs=6e-4)
     around = (runs["fit"][0]["ratio_vs_matmul"] + runs["fit"][1]["ratio_vs_matmul"]) / 2
     assert throughput["ratio_over_fit"]["pack2"] == pytest.approx(runs["pack2"]["ratio_vs_matmul"] / around, rel=0.01)
     mem = result["train"]["memory"]["runs"]
