@@ -65,6 +65,16 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $O
   return $rc
 }
 
+smi_start() {  # smi_start FILE: sample GPU utilisation and memory every 0.5 s into FILE; SMI_PID is its pid
+  SMI_PID=""
+  if command -v nvidia-smi > /dev/null 2>&1; then
+    nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader,nounits \
+      -lms 500 > "$1" 2>/dev/null &
+    SMI_PID=$!
+  fi
+}
+smi_stop() { if [[ -n "$SMI_PID" ]]; then kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; fi; }
+
 echo "gpu.sh: smoke=$SMOKE python=$PY out=$OUTDIR"
 { nvidia-smi 2>/dev/null || echo "no nvidia-smi"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } > "$OUTDIR/environment.log" 2>&1
 cat "$OUTDIR/environment.log" | tail -n 1
@@ -100,38 +110,28 @@ import sys; from pathlib import Path; sys.path.insert(0, '.')
 from bench.common import write_experiment
 write_experiment(Path(sys.argv[1]), overrides={'train.epochs': int(sys.argv[2])})" "$EXP" "$ABL_EPOCHS"
 fi
-SMI_PID=""
-if command -v nvidia-smi > /dev/null 2>&1; then
-  nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader,nounits \
-    -lms 500 > "$OUTDIR/nvidia_smi.csv" 2>/dev/null &
-  SMI_PID=$!
-fi
+smi_start "$OUTDIR/nvidia_smi.csv"
 rm -rf "$WORK/ablate_results"
 T0=$SECONDS
 step ablate "$T_ABLATE" "${EMMIL[@]}" ablate "$EXP" --dataset thumos14 --data-dir "$DATA" --preset "$ABL_PRESET" \
   --seeds "$SEEDS" --max-concurrent "$CONC" --results "$WORK/ablate_results" \
   --cpus-per-trial "$CPUS" --gpus-per-trial "$GPUS" --no-report
 ABL_WALL=$((SECONDS - T0))
-if [[ -n "$SMI_PID" ]]; then kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; fi
+smi_stop
 if [[ -s "$OUTDIR/nvidia_smi.csv" ]]; then
   "$PY" bench/gpu_bench.py gpu-util "$OUTDIR/nvidia_smi.csv" --wall "$ABL_WALL" --json "$OUTDIR/gpu_util.json" \
     > "$OUTDIR/gpu_util.log" 2>&1
 fi
 
 # 5. The same ablation packed: --pack SEEDS (one pack per variant), same resources per trial.
-SMI_PID=""
-if command -v nvidia-smi > /dev/null 2>&1; then
-  nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader,nounits \
-    -lms 500 > "$OUTDIR/nvidia_smi_packed.csv" 2>/dev/null &
-  SMI_PID=$!
-fi
+smi_start "$OUTDIR/nvidia_smi_packed.csv"
 rm -rf "$WORK/ablate_packed_results"
 T0=$SECONDS
 step ablate_packed "$T_PACKED" "${EMMIL[@]}" ablate "$EXP" --dataset thumos14 --data-dir "$DATA" --preset "$ABL_PRESET" \
   --seeds "$SEEDS" --pack "$SEEDS" --max-concurrent "$CONC" --results "$WORK/ablate_packed_results" \
   --cpus-per-trial "$CPUS" --gpus-per-trial "$GPUS" --no-report
 PACKED_WALL=$((SECONDS - T0))
-if [[ -n "$SMI_PID" ]]; then kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; fi
+smi_stop
 if [[ -s "$OUTDIR/nvidia_smi_packed.csv" ]]; then
   "$PY" bench/gpu_bench.py gpu-util "$OUTDIR/nvidia_smi_packed.csv" --wall "$PACKED_WALL" \
     --json "$OUTDIR/gpu_util_packed.json" > "$OUTDIR/gpu_util_packed.log" 2>&1

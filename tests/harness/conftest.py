@@ -45,3 +45,12 @@ def results_dir(tmp_path, template_store) -> Path:
     out.mkdir()
     shutil.copy(template_store, out / "mlflow.db")
     return out
+
+
+def fresh_results(tmp_path_factory, template, name: str) -> Path:
+    """A new results dir under a module-scoped temp folder, its mlflow.db a copy of the template (for
+    tests that run several ablations, each in its own results dir)."""
+    out = tmp_path_factory.mktemp(name) / "results"
+    out.mkdir()
+    shutil.copy(template, out / "mlflow.db")
+    return out

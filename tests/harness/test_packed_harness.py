@@ -5,7 +5,6 @@ mid-training resumes every member from the pack's state file."""
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 
@@ -15,7 +14,7 @@ from harness.cli.ablate import Launch, run_ablation
 from harness.experiments import parse_experiment
 from harness.packed_trials import default_pack, make_packs, pack_id, parse_pack
 
-from conftest import TINY
+from conftest import TINY, fresh_results
 
 # gate 0 keeps every class (the barely trained tiny gate passes none at 0.15: every mAP would be 0 and
 # the comparison empty); 30 % of 20 training videos held out, validated at epochs 2 and 3
@@ -60,13 +59,6 @@ def val_data():
     return make_synthetic("thumos14", dim=8, seed=0, max_videos=20)
 
 
-def _results(tmp_path_factory, template, name):
-    out = tmp_path_factory.mktemp(name) / "results"
-    out.mkdir()
-    shutil.copy(template, out / "mlflow.db")
-    return out
-
-
 def _runs(outcome) -> dict:
     c = tracking.client(outcome.tracking_uri)
     exp = c.get_run(outcome.parent_run_id).info.experiment_id
@@ -81,12 +73,12 @@ def _steps(c, run_id: str, key: str) -> list[int]:
 def test_packed_ablation_equals_the_same_trials_alone_and_survives_a_crash(ray_cluster, val_data, tmp_path_factory,
                                                                           template_store):
     seeds = 3
-    alone_dir = _results(tmp_path_factory, template_store, "alone")
+    alone_dir = fresh_results(tmp_path_factory, template_store, "alone")
     alone = run_ablation(TWO_VARIANTS, dataset="thumos14", preset="quick", seeds=seeds,
                          launch=Launch(results=alone_dir, overrides=TINY, report=False, pack=1),
                          load_data=lambda: val_data, command="emmil ablate pk")
     assert alone.exit_code == 0
-    packed_dir = _results(tmp_path_factory, template_store, "packed")
+    packed_dir = fresh_results(tmp_path_factory, template_store, "packed")
     # every pack crashes once at epoch 2 (after checkpointing epoch 1): Tune retries it from its state file
     launch = Launch(results=packed_dir, overrides=TINY, report=False, pack=seeds,
                     fail_once={"epoch": 2, "marker_dir": str(packed_dir / "markers"), "trial": None})
@@ -134,7 +126,7 @@ def test_sweep_packs_its_final_retrain_seeds(ray_cluster, val_data, tmp_path_fac
     from harness.cli.sweep import run_sweep
     from harness.experiments import parse_space
 
-    results = _results(tmp_path_factory, template_store, "sweep")
+    results = fresh_results(tmp_path_factory, template_store, "sweep")
     space = parse_space({
         "name": "pks", "fixed": {"train.val_fraction": 0.3, "train.eval_every": 1},
         "final_overrides": {"train.val_fraction": 0.0},

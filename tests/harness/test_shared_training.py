@@ -19,7 +19,7 @@ from harness import tracking
 from harness.cli.ablate import Launch, run_ablation
 from harness.experiments import expand_trials, parse_experiment
 
-from conftest import TINY
+from conftest import TINY, fresh_results
 
 # Held-out videos validated at epoch 2 and 3 (not 1): replays recompute val_* from saved weights
 VAL = {"train.val_fraction": 0.3, "train.eval_every": 2}
@@ -199,13 +199,6 @@ LAMBDA = parse_experiment({
                  {"name": "lam-1.0", "overrides": {"localize.lam": 1.0}}]}, "lam")
 
 
-def _results(tmp_path_factory, template, name):
-    out = tmp_path_factory.mktemp(name) / "results"
-    out.mkdir()
-    shutil.copy(template, out / "mlflow.db")
-    return out
-
-
 def _runs(outcome) -> dict:
     c = tracking.client(outcome.tracking_uri)
     exp = c.get_run(outcome.parent_run_id).info.experiment_id
@@ -220,7 +213,7 @@ def _runs(outcome) -> dict:
 
 def test_lambda_ablation_trains_once_per_seed_with_the_numbers_of_separate_trainings(
         ray_cluster, val_data, tmp_path_factory, template_store):
-    results = _results(tmp_path_factory, template_store, "shared")
+    results = fresh_results(tmp_path_factory, template_store, "shared")
     # the trainer of seed 0 crashes once at epoch 2: its retry or the waiting lam-1.0-s0 finishes the
     # training, the other replays it; the numbers do not depend on which
     launch = Launch(results=results, overrides=TINY, report=False,
@@ -250,7 +243,7 @@ def test_lambda_ablation_trains_once_per_seed_with_the_numbers_of_separate_train
     for variant in LAMBDA.variants:
         alone = dataclasses.replace(LAMBDA, name=f"alone-{variant.name}", variants=(variant,))
         outcome = run_ablation(alone, dataset="thumos14", preset="quick", seeds=2,
-                               launch=Launch(results=_results(tmp_path_factory, template_store, alone.name),
+                               launch=Launch(results=fresh_results(tmp_path_factory, template_store, alone.name),
                                              overrides=TINY, report=False),
                                load_data=lambda: val_data, command=f"emmil ablate {alone.name}")
         assert outcome.exit_code == 0
