@@ -8,6 +8,8 @@
              (step_losses + backward) repeated on a fixed batch, fp32 vs bf16 autocast vs compiled heads.
   gpu-util   summarise an nvidia-smi CSV log (timestamp, utilization.gpu, memory.used) written in the
              background during the ablation: mean / max utilisation, busy fraction, peak memory.
+  collect    gather what gpu.sh's steps left in its output folder (steps.tsv, walls.tsv, the step JSON
+             files and progress lines of the logs) into gpu_results.json, and print one line per step.
 
 Each prints one final JSON line (and --json FILE writes it). Runs on CPU too (--device cpu): that is
 the smoke path CI uses; figures measured there say device "cpu" and mean nothing for a GPU.
@@ -49,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     u.add_argument("csv", type=Path)
     u.add_argument("--wall", type=float, default=None, help="the ablation's wall seconds, copied into the result")
     u.add_argument("--json", type=Path, default=None)
+    c = sub.add_parser("collect", help="gather gpu.sh's output folder into gpu_results.json")
+    c.add_argument("out", type=Path, help="gpu.sh's output folder")
+    c.add_argument("--smoke", action="store_true", help="the folder is from gpu.sh --cpu-smoke")
     return p.parse_args(argv)
 
 
@@ -267,6 +272,79 @@ def cmd_gpu_util(args) -> dict:
     return emit_result("gpu_util", figures)
 
 
+# gpu.sh's timed harness steps: (step name, what it ran, progress label of its log's lines, gpu-util json)
+HARNESS_STEPS = (
+    ("ablate", "table3, one Ray trial per run", "trial", "gpu_util"),
+    ("ablate_packed", "table3 --pack <seeds>", "pack", "gpu_util_packed"),
+    ("search_packed", "sweep thumos14 space, packed Optuna search", "search pack", "gpu_util_search"),
+)
+
+
+def collect(out: Path, smoke: bool) -> dict:
+    """gpu_results.json from gpu.sh's folder: every step's exit status and seconds (steps.tsv: name,
+    rc, seconds), the timed harness steps' wall (walls.tsv: name, seconds), how many of their trials
+    or packs finished (their TrialProgress lines "[i/N] <label> <id> done|stopped early", a count that
+    survives a time-out) and GPU utilisation, plus the train step's figures. A missing file is a
+    missing entry, never an error: a step that failed or timed out leaves what it had."""
+    import re
+
+    def table(name: str) -> list[list[str]]:
+        path = out / name
+        return [line.split("\t") for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    steps = {row[0]: {"exit": int(row[1]), "seconds": int(row[2])} for row in table("steps.tsv")}
+    walls = {row[0]: float(row[1]) for row in table("walls.tsv")}
+    res: dict = {"smoke": smoke, "dataset": "semi-synthetic THUMOS14", "steps": steps}
+    for name, what, label, util in HARNESS_STEPS:
+        if name not in steps:
+            continue
+        entry = {"what": what, "wall_seconds": walls.get(name), "exit": steps[name]["exit"]}
+        log = out / f"{name}.log"
+        if log.exists():
+            done = re.findall(rf"^\[\d+/(\d+)\] {re.escape(label)} \S+ (?:done|stopped early)", log.read_text(),
+                              re.MULTILINE)
+            entry.update({"finished": len(done), "total": int(done[0]) if done else None})
+        if (out / f"{util}.json").exists():
+            entry["gpu_util"] = json.loads((out / f"{util}.json").read_text())
+        res[name] = entry
+    a, b = walls.get("ablate"), walls.get("ablate_packed")
+    if a and b:
+        res["ablate_packed"]["wall_ratio_unpacked_over_packed"] = round(a / b, 3)
+    if (out / "gpu_train.json").exists():
+        res["gpu_train"] = json.loads((out / "gpu_train.json").read_text())
+    if (out / "pytest_cuda.log").exists():
+        res["pytest_cuda_summary"] = ((out / "pytest_cuda.log").read_text().strip().splitlines() or [""])[-1]
+    return res
+
+
+def summary_lines(res: dict) -> list[str]:
+    """One line per step of a collect() result."""
+    lines = []
+    for name, step in res["steps"].items():
+        bits = [f"{name}: exit {step['exit']} after {step['seconds']} s"]
+        entry = res.get(name, {})
+        if entry.get("total"):
+            bits.append(f"{entry['finished']}/{entry['total']} {dict((n, l) for n, _, l, _ in HARNESS_STEPS)[name]}s finished")
+        if entry.get("wall_ratio_unpacked_over_packed"):
+            bits.append(f"unpacked/packed wall {entry['wall_ratio_unpacked_over_packed']}")
+        util = entry.get("gpu_util") or {}
+        if util.get("samples"):
+            bits.append(f"GPU util mean {util['util_mean_pct']} % max {util['util_max_pct']} %, "
+                        f"peak {util['memory_used_max_mib']} MiB")
+        if name == "pytest_cuda" and res.get("pytest_cuda_summary"):
+            bits.append(res["pytest_cuda_summary"])
+        lines.append("; ".join(bits))
+    return lines
+
+
+def cmd_collect(args) -> dict:
+    res = collect(args.out, args.smoke)
+    (args.out / "gpu_results.json").write_text(strict_json(res, indent=2, default=str))
+    for line in summary_lines(res):
+        print(line)
+    return res
+
+
 def _write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(strict_json(record, indent=2, default=str))
@@ -274,6 +352,9 @@ def _write_json(path: Path, record: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "collect":
+        cmd_collect(args)
+        return 0
     record = cmd_train(args) if args.command == "train" else cmd_gpu_util(args)
     if args.json:
         _write_json(args.json, record)

@@ -195,3 +195,34 @@ def test_packing_harness_quick_mode():
         assert h[f"overhead_ratio_pack{k}"] == pytest.approx(h[f"wall_seconds_pack{k}"] / (h["bare_sum_seconds"] / 2),
                                                             rel=0.01)
     assert h["pack_speedup"] == pytest.approx(h["wall_seconds_pack1"] / h["wall_seconds_pack2"], rel=0.01)
+
+
+def test_gpu_collect_gathers_what_the_steps_left(tmp_path):
+    # what gpu.sh leaves: step statuses, harness walls, progress lines (a timed-out search finished 3 of
+    # 8 packs), a utilisation summary; no train JSON (that step failed)
+    (tmp_path / "steps.tsv").write_text("pytest_cuda\t0\t20\ntrain\t1\t5\nablate\t0\t100\nablate_packed\t0\t40\n"
+                                        "search_packed\t124\t80\n")
+    (tmp_path / "walls.tsv").write_text("ablate\t100\nablate_packed\t40\nsearch_packed\t80\n")
+    (tmp_path / "pytest_cuda.log").write_text("...\n6 passed in 9.1s\n")
+    (tmp_path / "ablate.log").write_text("[1/20] trial table3/full-s0 done  trial 5.0s\n"
+                                         "[2/20] trial table3/full-s1 done  trial 5.1s\n")
+    (tmp_path / "ablate_packed.log").write_text("".join(f"[{i}/4] pack table3/pack-{i} done\n" for i in range(1, 5)))
+    (tmp_path / "search_packed.log").write_text("[1/8] search pack s/search/pack-a done\n"
+                                                "[2/8] search pack s/search/pack-b stopped early\n"
+                                                "[3/8] search pack s/search/pack-c done\n  search pack x: failed\n")
+    (tmp_path / "gpu_util_search.json").write_text(json.dumps(
+        {"samples": 10, "util_mean_pct": 41.5, "util_max_pct": 97.0, "memory_used_max_mib": 5120.0}))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "collect", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert res["steps"]["search_packed"] == {"exit": 124, "seconds": 80} and res["smoke"] is False
+    assert (res["ablate"]["finished"], res["ablate"]["total"]) == (2, 20)
+    assert (res["ablate_packed"]["finished"], res["ablate_packed"]["total"]) == (4, 4)
+    assert res["ablate_packed"]["wall_ratio_unpacked_over_packed"] == 2.5  # 100 s / 40 s
+    assert (res["search_packed"]["finished"], res["search_packed"]["total"]) == (3, 8)
+    assert res["search_packed"]["gpu_util"]["util_mean_pct"] == 41.5 and "gpu_train" not in res
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 5 and lines[0] == "pytest_cuda: exit 0 after 20 s; 6 passed in 9.1s"
+    assert lines[3] == "ablate_packed: exit 0 after 40 s; 4/4 packs finished; unpacked/packed wall 2.5"
+    assert lines[4].startswith("search_packed: exit 124 after 80 s; 3/8 search packs finished; GPU util mean 41.5 %")
