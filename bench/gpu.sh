@@ -13,6 +13,9 @@
 #                                      sampled every 0.5 s in the background: wall time, GPU utilisation
 #   5. emmil ablate table3 --pack 5    the same 20 runs as 4 packs of 5 seeds (issue 11), same sampling:
 #                                      the wall ratio step 4 / step 5 is what packing buys on this GPU
+#   6. emmil sweep --pack 8            a 64-trial Optuna search of ablations/spaces/thumos14.yaml, 8 trials
+#                                      per pack, ASHA per member, quick preset, same sampling
+#   7. collect                         gpu_results.json, one summary line per step (bench/gpu_bench.py)
 # Results go under $OUT if set, else bench/out/gpu/: gpu_results.json (all figures), *.log; the data and
 # the ablation's results dir go under $GPU_WORK_DIR (default $TMPDIR or /tmp, emmil-gpu-work/).
 # Environment: PYTHON (interpreter; default .venv/bin/python if present, else python3),
@@ -44,10 +47,14 @@ if [[ "$SMOKE" == 1 ]]; then
   DIM=16; MAXV=24; DEVICE=cpu; PRESET=quick; TRAIN_EPOCHS="--epochs 2"; MATMUL_N=256; REPEATS=3
   SEEDS=2; GPUS=0; CPUS=1; CONC=2; ABL_PRESET=quick; ABL_EPOCHS=1
   T_PYTEST=60; T_DATA=60; T_TRAIN=90; T_ABLATE=120; T_PACKED=120
+  SEARCH_TRIALS=4; SEARCH_PACK=2; SEARCH_SET="--set train.epochs=2"; T_SEARCH=120
 else
   DIM=1024; MAXV=""; DEVICE=cuda; PRESET=paper; TRAIN_EPOCHS=""; MATMUL_N=8192; REPEATS=50
   SEEDS=5; GPUS=0.25; CPUS="${GPU_CPUS_PER_TRIAL:-3}"; CONC="${GPU_MAX_CONCURRENT:-4}"; ABL_PRESET=paper; ABL_EPOCHS=""
-  T_PYTEST=45; T_DATA=60; T_TRAIN=150; T_ABLATE=170; T_PACKED=100
+  # 445 s of step limits: the script ends within 8 minutes on one GPU (a step that runs out of time is
+  # recorded with what it finished, and the next one starts)
+  T_PYTEST=30; T_DATA=45; T_TRAIN=100; T_ABLATE=120; T_PACKED=70
+  SEARCH_TRIALS=64; SEARCH_PACK=8; SEARCH_SET=""; T_SEARCH=80
 fi
 
 STATUS_FILE="$OUTDIR/steps.tsv"
@@ -137,42 +144,25 @@ if [[ -s "$OUTDIR/nvidia_smi_packed.csv" ]]; then
     --json "$OUTDIR/gpu_util_packed.json" > "$OUTDIR/gpu_util_packed.log" 2>&1
 fi
 
-# 6. Collect.
-"$PY" - "$OUTDIR" "$ABL_WALL" "$SMOKE" "$PACKED_WALL" <<'PY'
-import json, sys
-from pathlib import Path
-out, wall, smoke, packed_wall = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])"
-steps = {}
-for line in (out / "steps.tsv").read_text().splitlines():
-    name, rc, seconds = line.split("\t")
-    steps[name] = {"exit": int(rc), "seconds": int(seconds)}
-res = {"smoke": smoke, "dataset": "semi-synthetic THUMOS14", "steps": steps,
-       "ablation": {"experiment": "table3", "wall_seconds": wall, "exit": steps.get("ablate", {}).get("exit")}}
-res["ablation_packed"] = {"experiment": "table3 --pack <seeds>", "wall_seconds": packed_wall,
-                          "exit": steps.get("ablate_packed", {}).get("exit"),
-                          "wall_ratio_unpacked_over_packed": round(wall / packed_wall, 3) if packed_wall else None}
-for name in ("gpu_train", "gpu_util", "gpu_util_packed"):
-    path = out / f"{name}.json"
-    if path.exists():
-        res[name] = json.loads(path.read_text())
-abl_log = out / "ablate.log"
-if abl_log.exists():  # progress lines "[i/N] trial <name> done ..." (the count survives a time-out)
-    import re
-    done = re.findall(r"^\[\d+/(\d+)\] trial \S+ done", abl_log.read_text(), re.MULTILINE)
-    res["ablation"]["trials_done"] = len(done)
-    res["ablation"]["trials_total"] = int(done[0]) if done else None
-log = out / "pytest_cuda.log"
-if log.exists():
-    res["pytest_cuda_summary"] = (log.read_text().strip().splitlines() or [""])[-1]
-packed_log = out / "ablate_packed.log"
-if packed_log.exists():  # "[i/N] pack <id> done ..."
-    import re
-    done = re.findall(r"^\[\d+/(\d+)\] pack \S+ done", packed_log.read_text(), re.MULTILINE)
-    res["ablation_packed"]["packs_done"] = len(done)
-    res["ablation_packed"]["packs_total"] = int(done[0]) if done else None
-(out / "gpu_results.json").write_text(json.dumps(res, indent=2, allow_nan=False))
-print(json.dumps({k: res[k] for k in ("smoke", "steps", "ablation", "ablation_packed")}, allow_nan=False))
-PY
+# 6. A 64-trial Optuna search, packed (issue 11): 8 packs of 8 Optuna trials asked at once, ASHA stopping
+#    members, quick preset (the search's objective is the held-out TRAINING videos; no final retrain).
+smi_start "$OUTDIR/nvidia_smi_search.csv"
+rm -rf "$WORK/search_packed_results"
+T0=$SECONDS
+step search_packed "$T_SEARCH" "${EMMIL[@]}" sweep --space thumos14 --dataset thumos14 --data-dir "$DATA" \
+  --preset quick --trials "$SEARCH_TRIALS" --pack "$SEARCH_PACK" --final-seeds 0 --scheduler asha \
+  --max-concurrent "$CONC" --results "$WORK/search_packed_results" --cpus-per-trial "$CPUS" \
+  --gpus-per-trial "$GPUS" --no-report $SEARCH_SET
+SEARCH_WALL=$((SECONDS - T0))
+smi_stop
+if [[ -s "$OUTDIR/nvidia_smi_search.csv" ]]; then
+  "$PY" bench/gpu_bench.py gpu-util "$OUTDIR/nvidia_smi_search.csv" --wall "$SEARCH_WALL" \
+    --json "$OUTDIR/gpu_util_search.json" > "$OUTDIR/gpu_util_search.log" 2>&1
+fi
+
+# 7. Collect: gpu_results.json and one line per step.
+printf 'ablate\t%s\nablate_packed\t%s\nsearch_packed\t%s\n' "$ABL_WALL" "$PACKED_WALL" "$SEARCH_WALL" > "$OUTDIR/walls.tsv"
+"$PY" bench/gpu_bench.py collect "$OUTDIR" $([[ "$SMOKE" == 1 ]] && echo --smoke)
 FAILED=$(awk -F'\t' '$2 != 0 {print $1}' "$STATUS_FILE" | tr '\n' ' ')
 if [[ -n "$FAILED" ]]; then echo "gpu.sh: failed steps: $FAILED (see $OUTDIR/*.log)"; exit 1; fi
 echo "gpu.sh: all steps passed; results in $OUTDIR/gpu_results.json"

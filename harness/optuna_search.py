@@ -52,6 +52,17 @@ def search_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if "." in k}
 
 
+def space_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """The points a space is checked at: every parameter at its low end, every one at its high end,
+    and the low point with each middle choice of a categorical (a middle one can be the only invalid
+    value)."""
+    low = sample_point(space)
+    high = {p.key: (p.choices[-1] if p.distribution == "categorical" else
+                    int(p.high) if p.distribution == "int" else p.high) for p in space.params}
+    return [low, high] + [{**low, p.key: c} for p in space.params if p.distribution == "categorical"
+                          for c in p.choices[1:-1]]
+
+
 def check_space(space: SearchSpace, dataset: str, preset: str) -> None:
     """Resolve the config at both ends of every range and at every categorical choice: an unknown key or
     a value the config rejects raises ConfigError naming the space file."""
@@ -59,13 +70,7 @@ def check_space(space: SearchSpace, dataset: str, preset: str) -> None:
 
     if space.dataset is not None and space.dataset != dataset:
         raise ConfigError(f"{space.path}: this space is for dataset {space.dataset!r}, not {dataset!r}")
-    low = sample_point(space)
-    high = {p.key: (p.choices[-1] if p.distribution == "categorical" else
-                    int(p.high) if p.distribution == "int" else p.high) for p in space.params}
-    # every choice of a categorical (a middle one can be the only invalid value), the ends of ranges
-    points = [low, high] + [{**low, p.key: c} for p in space.params if p.distribution == "categorical"
-                            for c in p.choices[1:-1]]
-    for point in points:
+    for point in space_points(space):
         try:
             cfg = resolve_config(dataset, preset=preset, overrides={**space.fixed, **point})
             resolve_config(dataset, preset=preset, overrides={**space.fixed, **point, **space.final_overrides})
@@ -177,17 +182,24 @@ def make_scheduler(kind: str, max_epochs: int):
     """ASHA (default) or median stopping on the per-epoch objective; None for 'none'."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule
 
-    if kind not in SCHEDULERS:
-        raise ConfigError(f"--scheduler {kind!r}: expected one of {SCHEDULERS}")
-    grace = max(1, max_epochs // 4)
+    settings = scheduler_settings(kind, max_epochs)
     # time = the trial's own epoch, not Tune's training_iteration: a restored trial continues from its
     # state file, which can be epochs ahead of the checkpoint Tune counts iterations from
     if kind == "asha":
-        return AsyncHyperBandScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace,
-                                       reduction_factor=2)
+        return AsyncHyperBandScheduler(time_attr="epoch", max_t=max_epochs, grace_period=settings["grace"],
+                                       reduction_factor=settings["reduction_factor"])
     if kind == "median":
-        return MedianStoppingRule(time_attr="epoch", grace_period=grace, min_samples_required=3)
+        return MedianStoppingRule(time_attr="epoch", grace_period=settings["grace"],
+                                  min_samples_required=settings["min_samples"])
     return None
+
+
+def scheduler_settings(kind: str, max_epochs: int) -> dict[str, Any]:
+    """The early-stopping rule's settings, for Ray's schedulers (make_scheduler) and for pack members
+    (harness.packed_search.MemberPruning) alike: no stop before a quarter of the epochs, halving rungs."""
+    if kind not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {kind!r}: expected one of {SCHEDULERS}")
+    return {"grace": max(1, max_epochs // 4), "reduction_factor": 2, "min_samples": 3}
 
 
 def pick_best(storage_url: str, study_name: str) -> dict[str, Any]:

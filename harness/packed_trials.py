@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any, Mapping, Sequence
 from ray import tune
 
 from emmil.errors import ConfigError
+from harness.packed_search import members_to_stop
 
 PACK_AUTO = "auto"
 
@@ -114,7 +116,8 @@ def member_rows(grid) -> list[dict[str, Any]]:
         error = repr(result.error) if result.error else ""
         for spec in ((result.config or {}).get("trial") or {}).get("members", []):
             row = dict(members.get(spec["trial_id"], {}))
-            row.update({"error": error if not row else "", "search": search_params(result.config or {}),
+            row.update({"error": error if not row else "",
+                        "search": spec.get("search") or search_params(result.config or {}),
                         "trial_key": spec["trial_id"], "variant": row.get("variant", spec.get("variant")),
                         "pack": metrics.get("trial_key", "")})
             rows.append(row)
@@ -172,74 +175,123 @@ def emmil_pack_trial(config: dict, data=None) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     features = rt.shared_features(data, device)
     reports: dict[str, dict] = {i: saved.get(i, {}).get("report") for i in ids}
+    stopped = {i for i in ids if saved.get(i, {}).get("stopped")}  # pruned in an earlier attempt: not trained
     total = cfgs[0].train.epochs
-    if done_epoch < total:
-        packed = PackedFit(cfgs, data, device=device, features=features,
-                           resumes=states if any(s is not None for s in states) else None)
+    pruning = run.get("pruning")  # a packed search's MemberPruning actor (harness.packed_search)
+
+    def member_report(index: int, metrics: Mapping[str, Any], epoch: int, delivered: bool) -> dict[str, Any]:
+        member, cfg, tracker = members[index], cfgs[index], trackers[index]
+        report = rt.epoch_report({**metrics, "epoch": epoch, "total_epochs": total})
+        report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
+                       "mlflow_run_id": tracker.run_id or "", "trial_key": member["trial_id"],
+                       "variant": member.get("variant", cfg.variant), "seed": cfg.seed,
+                       "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device),
+                       "trained_by": member["trial_id"], "shared_training": "pack",
+                       "pack": spec["trial_id"], "pack_member": index})
+        return report
+
+    def deliver(tracker) -> bool:
+        if tracker.flush_with_retries():
+            return True
+        if remote:
+            rt.deliver_before_done(tracker, node)
+            return True
+        return False
+
+    active = [j for j, i in enumerate(ids) if i not in stopped]
+    if done_epoch < total and active:
+        packed = PackedFit([cfgs[j] for j in active], data, device=device, features=features,
+                           resumes=[states[j] for j in active] if any(states[j] is not None for j in active) else None)
         for results in packed:
-            epoch = next(r.epoch for r in results if r is not None)
+            live = [(j, r) for j, r in zip(active, results) if r is not None]
+            epoch = live[0][1].epoch
             rt._maybe_fail(run.get("fail_once"), spec["trial_id"], epoch)
             last = epoch >= total
-            outcomes = [None] * len(members)
-            metrics = [rt._epoch_metrics(r) for r in results]
+            metrics = {j: rt._epoch_metrics(r) for j, r in live}
+            for j, _ in live:
+                if epoch > logged[j]:
+                    trackers[j].log_metrics(metrics[j], step=epoch)
+            # the searcher's objective per member, and which members its early-stopping rule stops now
+            values = {ids[j]: metrics[j].get("val_avg_mAP") for j, _ in live}
+            stop_now = set() if last else set(members_to_stop(pruning, epoch, values))
+            outcomes = {}
             if last and run["eval_test"]:
-                outcomes = evaluate_test_packed(cfgs, data, [r.model for r in results], device=device, features=features)
-            for index, (member, cfg, result, tracker) in enumerate(zip(members, cfgs, results, trackers)):
-                if epoch > logged[index]:
-                    tracker.log_metrics(metrics[index], step=epoch)
-                report: dict[str, Any] = rt.epoch_report({**metrics[index], "epoch": epoch, "total_epochs": total})
-                if last:
-                    final = dict(metrics[index])
-                    if outcomes[index] is not None:
-                        final = {k: float(v) for k, v in outcomes[index].metrics.items()}
+                tested = evaluate_test_packed([cfgs[j] for j, _ in live], data, [r.model for _, r in live],
+                                              device=device, features=features)
+                outcomes = {j: o for (j, _), o in zip(live, tested)}
+            newly_stopped = {}
+            for j, result in live:
+                member, cfg, tracker = members[j], cfgs[j], trackers[j]
+                ends = last or ids[j] in stop_now
+                if ends:
+                    final = dict(metrics[j])
+                    if outcomes.get(j) is not None:
+                        final = {k: float(v) for k, v in outcomes[j].metrics.items()}
                         tracker.log_metrics(final, step=epoch)
-                        report.update(final)
                     keep = rt.keeps_model(run.get("keep_models", "all"), run["stage"])
                     folder = trial_dir / "artifacts" / rt._safe_file_name(member["trial_id"])
-                    tracker.log_artifacts(rt._write_artifacts(folder, cfg, final, outcomes[index],
+                    tracker.log_artifacts(rt._write_artifacts(folder, cfg, final, outcomes.get(j),
                                                               result.model if keep else None, data))
-                    tracker.terminate("FINISHED")
-                    delivered = tracker.flush_with_retries()
-                    if not delivered and remote:
-                        rt.deliver_before_done(tracker, node)
-                        delivered = True
+                    if last:
+                        tracker.terminate("FINISHED")
+                    else:  # stopped early: what the unpacked search's runs stopped by ASHA end as
+                        tracker.set_tags({"emmil.stopped_early": "true", "emmil.stopped_at_epoch": epoch})
+                        tracker.terminate("KILLED")
+                    delivered = deliver(tracker)
                 else:
                     delivered = tracker.maybe_flush(rt.FLUSH_EVERY_S)
-                report.update({"tracking_ok": float(delivered), "tracking_delayed_flushes": tracker.failed_flushes,
-                               "mlflow_run_id": tracker.run_id or "", "trial_key": member["trial_id"],
-                               "variant": member.get("variant", cfg.variant), "seed": cfg.seed,
-                               "cuda_visible_devices": visible, "gpu_ids": gpu_ids, "device": str(device),
-                               "trained_by": member["trial_id"], "shared_training": "pack",
-                               "pack": spec["trial_id"], "pack_member": index})
-                reports[member["trial_id"]] = report
-            member_states = [r.state() for r in results]
+                report = member_report(j, metrics[j], epoch, delivered)
+                if ends and outcomes.get(j) is not None:
+                    report.update(final)
+                reports[ids[j]] = report
+                if ids[j] in stop_now:
+                    stopped.add(ids[j])
+                    newly_stopped[ids[j]] = report
+                    packed.stop(active.index(j))
+            member_states = {ids[j]: r.state() for j, r in live}
+            blob_members = dict(saved)
+            for j, i in enumerate(ids):
+                if i in member_states:
+                    blob_members[i] = {"state": member_states[i], "run_id": trackers[j].run_id,
+                                       "report": reports[i], "stopped": i in stopped}
             rt.write_trial_state(pack_file, {
                 "epoch": epoch, "state": {"epoch": epoch},  # "state.epoch": what read_trial_state checks
-                "members": {i: {"state": s, "run_id": t.run_id, "report": reports[i]}
-                            for i, s, t in zip(ids, member_states, trackers)}})
-            if last:  # each member's own finished state file: what --resume and the summaries read
-                for i, s, t in zip(ids, member_states, trackers):
+                "members": blob_members})
+            saved = blob_members
+            for i, s in member_states.items():  # a member's own finished state file: what --resume reads
+                if last or i in newly_stopped:
+                    t = trackers[ids.index(i)]
                     rt.write_trial_state(rt.trial_state_file(run["state_dir"], i),
                                          {"state": s, "run_id": t.run_id, "report": reports[i]})
-            _report_pack(spec["trial_id"], epoch, total, reports if last else None,
-                         min(float(reports[i]["tracking_ok"]) for i in ids))
+            ended = last or len(stopped) == len(ids)
+            _report_pack(spec["trial_id"], epoch, total, reports if ended else None,
+                         min(float(reports[i]["tracking_ok"]) for i in ids if reports[i] is not None),
+                         values=values, stopped=newly_stopped)
         return
-    # restored after its last epoch (the driver died before Tune recorded the pack as finished)
+    # restored after its last epoch (the driver died before Tune recorded the pack as finished), or
+    # every member was stopped early
     for tracker in trackers:
-        if not tracker.flush_with_retries() and remote:
-            rt.deliver_before_done(tracker, node)
-    _report_pack(spec["trial_id"], total, total, reports, 1.0, checkpoint=False)
+        deliver(tracker)
+    _report_pack(spec["trial_id"], max(done_epoch, 1), total, reports, 1.0, checkpoint=False)
 
 
 def _report_pack(pid: str, epoch: int, total: int, finals: Mapping[str, dict] | None, tracking_ok: float,
-                 checkpoint: bool = True) -> None:
-    """The pack's Tune report: progress keys only; the last one adds the members' final reports."""
+                 checkpoint: bool = True, values: Mapping[str, Any] | None = None,
+                 stopped: Mapping[str, dict] | None = None) -> None:
+    """The pack's Tune report: progress keys, the members' objectives this epoch (`values`, for a packed
+    search's searcher) and the final reports of the members stopped now (`stopped`); the last one adds
+    every member's final report. Member data travels as JSON strings: strings cost Tune no per-key
+    statistics."""
+    from emmil.train import finite_or_null
     from harness.ray_tune import MARKER_FILE
 
     report: dict[str, Any] = {"epoch": epoch, "total_epochs": total, "trial_key": pid, "tracking_ok": tracking_ok}
+    if values:
+        report["pack_values"] = json.dumps({k: v if isinstance(v, float) and math.isfinite(v) else None
+                                            for k, v in values.items()}, allow_nan=False)
+    if stopped:
+        report["pack_stopped"] = json.dumps({k: finite_or_null(dict(v)) for k, v in stopped.items()}, allow_nan=False)
     if finals is not None:
-        from emmil.train import finite_or_null
-
         report["pack_members"] = json.dumps({k: finite_or_null(dict(v)) for k, v in finals.items()}, allow_nan=False)
         for key in ("test_avg_mAP", "test_mAP_0.50"):  # the progress line's figures: the members' mean
             values = [f[key] for f in finals.values() if isinstance(f.get(key), float)]

@@ -169,21 +169,25 @@ def _run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sc
             runner.write_state(place, {**state, "stage": "search"})
             out(f"emmil sweep {study}: {to_search} trials of {space.path} on {dataset} ({meta['source']}), preset "
                 f"{preset}, scheduler {scheduler}, objective {osearch.OBJECTIVE} (held-out training videos)")
-            grid = tune_trials(
-                data_ref, name=runner.tune_dir_name(place, "search"), storage=place.root,
-                param_space={
-                    "trial": {"trial_id": None, "name": "search", "variant": base.variant, "seed": 0,
-                              "overrides": {**launch.overrides, **space.fixed}},
-                    "run": {**run_common, "stage": "search", "eval_test": False, "id_prefix": f"{study}/search",
-                            "tags": {**common_tags, "emmil.stage": "search"}},
-                },
-                resources=resources, max_failures=launch.max_failures, num_samples=to_search,
-                metric=osearch.OBJECTIVE, mode=osearch.MODE,
-                search_alg=osearch.make_searcher(space, storage_url, study, sampler_seed),
-                scheduler=osearch.make_scheduler(scheduler, max_epochs), progress_total=to_search,
-                progress_label="search trial",
-            )
-            search_rows = result_rows(grid)
+            search_trial = {"trial_id": None, "name": "search", "variant": base.variant, "seed": 0,
+                            "overrides": {**launch.overrides, **space.fixed}}
+            search_run = {**run_common, "stage": "search", "eval_test": False, "id_prefix": f"{study}/search",
+                          "tags": {**common_tags, "emmil.stage": "search"}}
+            if launch.pack > 1:  # K Optuna trials per Ray trial, pruned per member (harness.packed_search)
+                search_rows = _packed_search(space, data_ref, place, search_trial, search_run, resources, launch,
+                                             storage_url=storage_url, study=study, sampler_seed=sampler_seed,
+                                             trials=to_search, scheduler=scheduler, max_epochs=max_epochs, out=out)
+            else:
+                grid = tune_trials(
+                    data_ref, name=runner.tune_dir_name(place, "search"), storage=place.root,
+                    param_space={"trial": search_trial, "run": search_run},
+                    resources=resources, max_failures=launch.max_failures, num_samples=to_search,
+                    metric=osearch.OBJECTIVE, mode=osearch.MODE,
+                    search_alg=osearch.make_searcher(space, storage_url, study, sampler_seed),
+                    scheduler=osearch.make_scheduler(scheduler, max_epochs), progress_total=to_search,
+                    progress_label="search trial",
+                )
+                search_rows = result_rows(grid)
             stopped = runner.stop_reason(place.results, stop_signals.requested())
             closed = runner.close_trial_runs(target, place.buffer_dir, search_rows, interrupted=stopped)
             out(runner.tracking_summary(search_rows, closed, place.buffer_dir).replace("tracking: ", "search tracking:", 1))
@@ -263,6 +267,39 @@ def _run_sweep(space: SearchSpace, *, dataset: str, preset: str, trials: int, sc
     if launch.report:
         out(runner.build_report(place, target, command=command, optuna_storage=storage_url, study_name=study))
     return Outcome(0 if status == "FINISHED" else 1, final_rows, target.parent_run_id, target.uri, place.root, summary)
+
+
+def _packed_search(space: SearchSpace, data_ref, place, search_trial: dict, search_run: dict, resources, launch: Launch,
+                   *, storage_url: str, study: str, sampler_seed: int, trials: int, scheduler: str, max_epochs: int,
+                   out) -> list[dict]:
+    """The search stage with --pack K: ceil(trials / K) packs of Optuna trials asked K at a time, each
+    member stopped early by the sweep's rule on its own (harness.packed_search); one row per member."""
+    import math
+    import uuid
+
+    from harness import runner
+    from harness.packed_search import PackedOptunaSearch, pack_shape_params, start_member_pruning
+    from harness.packed_trials import emmil_pack_trial, member_rows
+    from harness.ray_tune import tune_trials
+
+    packs = math.ceil(trials / launch.pack)
+    pruning_name = f"emmil-pruning-{uuid.uuid4().hex[:12]}"
+    pruning = start_member_pruning(scheduler, max_epochs, pruning_name)  # this handle keeps the actor alive
+    out(f"packing: {trials} search trials in {packs} pack(s) of up to {launch.pack} (Optuna asked {launch.pack} "
+        f"at a time; --scheduler {scheduler} stops members, not packs)")
+    shaped = pack_shape_params(space, search_run["dataset"], search_run["preset"], launch.overrides)
+    if shaped:
+        out(f"packing: {', '.join(shaped)} change tensor shapes or step counts: sampled once per pack, shared by "
+            "its members")
+    searcher = PackedOptunaSearch(space, storage_url, study, sampler_seed, pack=launch.pack, trials=trials,
+                                  prefix=search_run["id_prefix"], member_base=search_trial, shape_params=shaped)
+    grid = tune_trials(
+        data_ref, name=runner.tune_dir_name(place, "search"), storage=place.root,
+        param_space={"run": {**search_run, "pruning": pruning_name}}, resources=resources,
+        max_failures=launch.max_failures, num_samples=packs, search_alg=searcher, progress_total=packs,
+        progress_label="search pack", trainable_fn=emmil_pack_trial,
+    )
+    return member_rows(grid)
 
 
 def _interrupted(place, target, state: dict, name: str, command: str, final_rows: list, planned: int,

@@ -122,7 +122,7 @@ def test_packed_ablation_equals_the_same_trials_alone_and_survives_a_crash(ray_c
     assert sorted(_runs(again)) == sorted(runs_packed)
 
 
-def test_sweep_packs_its_final_retrain_seeds(ray_cluster, val_data, tmp_path_factory, template_store):
+def test_sweep_packs_its_search_and_its_final_retrain_seeds(ray_cluster, val_data, tmp_path_factory, template_store):
     from harness.cli.sweep import run_sweep
     from harness.experiments import parse_space
 
@@ -137,11 +137,13 @@ def test_sweep_packs_its_final_retrain_seeds(ray_cluster, val_data, tmp_path_fac
                         launch=Launch(results=results, overrides=TINY, report=False, pack=2),
                         load_data=lambda: val_data, command="emmil sweep --pack 2", out=lines.append)
     assert outcome.exit_code == 0, "\n".join(lines)
-    assert "packing: 2 trials in 1 pack(s) of up to 2" in lines  # the final retrain; the search ran unpacked
+    assert "packing: 2 trials in 1 pack(s) of up to 2" in lines  # the final retrain
+    assert any(line.startswith("packing: 2 search trials in 1 pack(s) of up to 2") for line in lines)
     assert len(outcome.rows) == 2 and all("test_avg_mAP" in r and r["variant"] == "best" for r in outcome.rows)
     finals = [run for run, _ in _runs(outcome).values() if run.data.tags["emmil.stage"] == "final-test"]
     assert len(finals) == 2 and len({r.data.tags["emmil.pack"] for r in finals}) == 1
     assert sorted(r.data.tags["emmil.pack_member"] for r in finals) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in finals)
     searched = [run for run, _ in _runs(outcome).values() if run.data.tags["emmil.stage"] == "search"]
-    assert len(searched) == 2 and not any("emmil.pack" in r.data.tags for r in searched)
+    assert len(searched) == 2 and len({r.data.tags["emmil.pack"] for r in searched}) == 1  # the search: one pack
+    assert {r.data.tags["emmil.pack"] for r in searched}.isdisjoint({r.data.tags["emmil.pack"] for r in finals})
