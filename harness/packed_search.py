@@ -31,6 +31,8 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
+from ray.tune.search import Searcher
+
 from emmil.errors import ConfigError
 from harness.experiments import SearchSpace
 
@@ -165,13 +167,7 @@ def members_to_stop(name: str | None, epoch: int, values: Mapping[str, float | N
     return ray.get(ray.get_actor(name).decide_many.remote(epoch, dict(values)))
 
 
-def _searcher_base():
-    from ray.tune.search import Searcher
-
-    return Searcher
-
-
-class PackedOptunaSearch(_searcher_base()):
+class PackedOptunaSearch(Searcher):
     """Tune searcher: each suggestion is a pack spec of up to `pack` Optuna trials (module doc).
 
     `trials`: the search trials to ask in all (the last pack takes what is left); `member_base`: the

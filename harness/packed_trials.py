@@ -266,7 +266,7 @@ def emmil_pack_trial(config: dict, data=None) -> None:
             ended = last or len(stopped) == len(ids)
             _report_pack(spec["trial_id"], epoch, total, reports if ended else None,
                          min(float(reports[i]["tracking_ok"]) for i in ids if reports[i] is not None),
-                         values=values, stopped=newly_stopped)
+                         values=values if pruning else None, stopped=newly_stopped)  # values: for the searcher
         return
     # restored after its last epoch (the driver died before Tune recorded the pack as finished), or
     # every member was stopped early
