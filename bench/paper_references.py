@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "under bench/out/data)")
     p.add_argument("--dim", type=int, default=1024, help="feature width of the default data (default 1024)")
     p.add_argument("--records", type=Path, default=None, help=f"record folder (default {DEFAULT_RECORDS.relative_to(ROOT)})")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="run folders of train_run (predictions, model.pt; not committed; default under bench/out)")
     p.add_argument("--workers", type=int, default=2, help="trials at a time, one torch thread each (default 2)")
     p.add_argument("--stop-after", type=float, default=None,
                    help="minutes after which no new trial starts (running ones finish)")
@@ -76,8 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.overrides = list(args.overrides) + ["train.epochs=2", "train.gate_epochs=2"]
         if args.records is None:
             args.records = out_dir("paper-references-quick") / "records"
+        if args.runs is None:
+            args.runs = out_dir("paper-references-quick") / "runs"
     if args.records is None:
         args.records = DEFAULT_RECORDS
+    if args.runs is None:
+        args.runs = out_dir("paper-references-runs") / args.records.name  # one run folder per record folder
     if args.workers < 1:
         p.error("--workers must be >= 1")
     return args
@@ -100,18 +106,23 @@ def data_identity(data_dir: Path) -> dict:
     return {"files_sha1": hashlib.sha1(json.dumps(listing).encode()).hexdigest()}
 
 
+def planned_trials(experiment, dataset: str, preset: str, seeds: int, overrides: dict):
+    """[(TrialSpec, RunConfig)] of `experiment` x `seeds`, seed-major, each config resolved as an `emmil
+    ablate` trial resolves it (harness.packed_trials: the spec's overrides, then --set)."""
+    from emmil.config import resolve_config
+    from harness.experiments import expand_trials
+
+    return [(spec, resolve_config(dataset, preset=preset, seed=spec.seed, overrides={**spec.overrides, **overrides}))
+            for spec in expand_trials(experiment, seeds)]
+
+
 def planned(args):
-    """[(TrialSpec, RunConfig)] of the experiment, seed-major, each config resolved as `emmil ablate` does."""
-    from emmil.config import parse_set_args, resolve_config
-    from harness.experiments import expand_trials, load_experiment
+    from emmil.config import parse_set_args
+    from harness.experiments import load_experiment
 
     experiment = load_experiment(args.experiment)
-    extra = parse_set_args(args.overrides)
-    out = []
-    for spec in expand_trials(experiment, args.seeds):
-        cfg = resolve_config(args.dataset, preset=args.preset, seed=spec.seed, overrides={**spec.overrides, **extra})
-        out.append((spec, cfg))
-    return experiment, out
+    return experiment, planned_trials(experiment, args.dataset, args.preset, args.seeds,
+                                      parse_set_args(args.overrides))
 
 
 def record_path(records: Path, trial: str) -> Path:
@@ -150,16 +161,23 @@ _DATASETS: dict = {}
 
 def train_one(dataset: str, data_dir: str, cfg_dict: dict, trial: str, variant: str, run_dir: str,
               identity: dict, commit: str) -> dict:
-    """Train and test one trial in this worker; return its record (not yet written)."""
-    from emmil.config import config_from_dict, config_hash
+    """Train and test one trial in this worker (its dataset loaded once per worker); return its record."""
+    from emmil.config import config_from_dict
     from emmil.data.loading import load_dataset
-    from emmil.train import train_run
 
     if data_dir not in _DATASETS:
         _DATASETS[data_dir] = load_dataset(dataset, data_dir)
-    cfg = config_from_dict(cfg_dict)
+    return trial_record(config_from_dict(cfg_dict), _DATASETS[data_dir], run_dir, trial=trial, variant=variant,
+                        identity=identity, commit=commit)
+
+
+def trial_record(cfg, data, run_dir, *, trial: str, variant: str, identity: dict, commit: str) -> dict:
+    """emmil.train.train_run of one trial's config on `data`, as a record (not yet written)."""
+    from emmil.config import config_hash
+    from emmil.train import train_run
+
     started = time.time()
-    metrics = train_run(cfg, _DATASETS[data_dir], run_dir, progress=False, device="cpu")
+    metrics = train_run(cfg, data, run_dir, progress=False, device="cpu")
     scalars = {k: v for k, v in metrics.items() if k not in KEPT_KEYS and not isinstance(v, (dict, list))}
     return {
         "format": RECORD_FORMAT, "trial": trial, "variant": variant, "seed": cfg.seed, "dataset": cfg.dataset,
@@ -190,7 +208,7 @@ def run(args) -> int:
     print(f"{len(plan) - len(todo)} of {len(plan)} trials have records in {args.records}; "
           f"{len(todo)} to train, {args.workers} at a time", flush=True)
     commit = git_commit()
-    runs = out_dir("paper-references-runs")
+    runs = args.runs
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
     failed = 0
@@ -282,8 +300,14 @@ def table(args) -> int:
 
 
 def main(argv=None) -> int:
+    from emmil.errors import ConfigError, DataError
+
     args = parse_args(argv)
-    return run(args) if args.action == "run" else table(args)
+    try:
+        return run(args) if args.action == "run" else table(args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
 
-SCRIPTS = ["run_all.py", "harness_overhead.py", "memory.py", "scaling.py", "gpu_bench.py"]
+SCRIPTS = ["run_all.py", "harness_overhead.py", "memory.py", "scaling.py", "gpu_bench.py", "paper_references.py"]
 
 
 def test_gpu_script_is_valid_bash():
@@ -226,3 +226,35 @@ def test_gpu_collect_gathers_what_the_steps_left(tmp_path):
     assert len(lines) == 5 and lines[0] == "pytest_cuda: exit 0 after 20 s; 6 passed in 9.1s"
     assert lines[3] == "ablate_packed: exit 0 after 40 s; 4/4 packs finished; unpacked/packed wall 2.5"
     assert lines[4].startswith("search_packed: exit 124 after 80 s; 3/8 search packs finished; GPU util mean 41.5 %")
+
+
+def test_paper_references_records_outlive_a_run(tmp_path):
+    # bench/paper_references.py --quick: the references experiment (7 rows x 1 seed) as one record per
+    # finished trial; a second run trains nothing; a record whose config is not what the code resolves
+    # for its trial is refused by name, so a table never mixes configurations.
+    from emmil.data.synth import write_synthetic
+
+    data = write_synthetic("thumos14", tmp_path / "data", dim=8, seed=0, max_videos=12)
+    records = tmp_path / "records"
+    cmd = [sys.executable, str(ROOT / "bench" / "paper_references.py"), "run", "--quick", "--data-dir", str(data),
+           "--records", str(records), "--runs", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    names = sorted(p.stem for p in records.glob("*.json"))
+    variants = ["attention-mil", "full", "joint", "no-pseudo-label", "oracle-key", "supervised", "whole-video"]
+    assert names == sorted(f"{v}-s0" for v in variants)
+    rec = json.loads((records / "full-s0.json").read_text())
+    assert rec["data"]["generator"] == "v2" and rec["data"]["dim"] == 8 and rec["params"]["train.epochs"] == "2"
+    assert 0.0 <= rec["metrics"]["test_avg_mAP"] <= 1.0 and len(rec["history"]) == 2
+    tables = (records / "TABLES.md").read_text()
+    assert "7 of 7 trials" in tables and "ceiling: supervised" in tables and "floor: whole-video" in tables
+    assert "fraction of ceiling" in tables and "gate cls mAP" in tables
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and "7 of 7 trials have records" in again.stdout and "start " not in again.stdout
+
+    joint = json.loads((records / "joint-s0.json").read_text())
+    joint["config_hash"] = "0" * 12
+    (records / "joint-s0.json").write_text(json.dumps(joint))
+    bad = subprocess.run([*cmd[:2], "table", *cmd[3:]], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "joint-s0.json" in bad.stderr and "configuration changed" in bad.stderr

@@ -120,6 +120,27 @@ def test_tune_keeps_every_epoch_marker_and_the_state_lives_in_one_file_per_trial
         "mini_full-s0.pt", "mini_full-s1.pt", "mini_joint-s0.pt", "mini_joint-s1.pt"]
 
 
+def test_bench_records_equal_the_ablation_trials(ablation, tiny_data, tmp_path):
+    # bench/paper_references.py trains an experiment's trials outside Ray (records that outlive a session)
+    # and claims they are the trials `emmil ablate` runs: same config hash, same test and val metrics to the
+    # bit, for each variant x seed of the fixture's ablation (joint-s1 there crashed once and resumed).
+    sys.path.insert(0, str(ROOT))
+    from bench.paper_references import planned_trials, trial_record
+
+    _, _, children = _children(ablation)
+    plan = planned_trials(MINI, "thumos14", "quick", 2, TINY)
+    assert [spec.name for spec, _ in plan] == ["full-s0", "joint-s0", "full-s1", "joint-s1"]
+    for spec, cfg in plan:
+        run = children[f"mini/{spec.name}"]
+        rec = trial_record(cfg, tiny_data, tmp_path / spec.name, trial=spec.name, variant=spec.variant,
+                           identity={}, commit="")
+        assert rec["config_hash"] == run.data.tags["emmil.config_hash"], spec.name
+        assert rec["params"] == {k: v for k, v in run.data.params.items() if k in rec["params"]}
+        compared = [k for k in rec["metrics"] if k.startswith(("test_", "val_"))]
+        assert "test_avg_mAP" in compared and "test_cls_mAP" in compared
+        assert {k: rec["metrics"][k] for k in compared} == {k: run.data.metrics[k] for k in compared}, spec.name
+
+
 def test_each_trial_runs_on_the_gpu_ray_assigned(ablation):
     # 0.5 logical GPU per trial: Ray sets CUDA_VISIBLE_DEVICES to one id and the core's device choice
     # follows it (no CUDA in this CPU build: "cpu"; on a GPU machine: cuda:0 = the assigned GPU).
