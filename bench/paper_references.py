@@ -194,6 +194,39 @@ def write_record(path: Path, rec: dict) -> None:
     os.replace(tmp, path)  # whole or absent: a record is only ever a finished trial
 
 
+def claim(runs: Path, trial: str) -> bool:
+    """Take <runs>/<trial>.lock for this process, or False when a live process on this machine holds it
+    (two `run`s on one record folder train disjoint trials). A lock whose process is gone is taken over."""
+    runs.mkdir(parents=True, exist_ok=True)
+    lock = runs / f"{trial}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                holder = -1  # unreadable or half-written: treated as stale
+            if holder > 0 and _alive(holder):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run(args) -> int:
     data_dir = data_folder(args)
     identity = data_identity(data_dir)
@@ -223,6 +256,10 @@ def run(args) -> int:
                     queue.clear()
                     return
                 spec, cfg = queue.pop(0)
+                if not claim(runs, spec.name):
+                    print(f"skip {spec.name}: another run on this machine is training it "
+                          f"({runs / (spec.name + '.lock')})", flush=True)
+                    continue
                 fut = pool.submit(train_one, args.dataset, str(data_dir), cfg.to_dict(), spec.name, spec.variant,
                                   str(runs / spec.name), identity, commit)
                 pending[fut] = (spec, time.time())
@@ -238,8 +275,10 @@ def run(args) -> int:
                 except Exception as exc:  # one trial's failure is reported, the others go on
                     failed += 1
                     print(f"[{time.strftime('%H:%M:%S')}] FAILED {spec.name}: {type(exc).__name__}: {exc}", flush=True)
+                    (runs / f"{spec.name}.lock").unlink(missing_ok=True)
                     continue
                 write_record(record_path(args.records, spec.name), rec)
+                (runs / f"{spec.name}.lock").unlink(missing_ok=True)  # after the record: never a gap
                 m = rec["metrics"]
                 print(f"[{time.strftime('%H:%M:%S')}] done {spec.name} in {(time.time() - began) / 60:.1f} min: "
                       f"test avg mAP {100 * m.get('test_avg_mAP', float('nan')):.2f}, "
