@@ -268,3 +268,23 @@ def test_paper_references_records_outlive_a_run(tmp_path):
     (records / "joint-s0.json").write_text(json.dumps(joint))
     bad = subprocess.run([*cmd[:2], "table", *cmd[3:]], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "joint-s0.json" in bad.stderr and "configuration changed" in bad.stderr
+
+
+def test_oracle_gate_reproduces_the_run_then_gates_by_the_labels(tmp_path):
+    # bench/oracle_gate.py: with the run's own gate it gives the run's reported test mAP to the bit; with
+    # the ground-truth labels as the gate only true classes are localised.
+    from bench.oracle_gate import oracle_gate_metrics
+    from emmil.config import resolve_config
+    from emmil.data.synth import make_synthetic
+    from emmil.train import dataset_tensor, train_run
+
+    data = make_synthetic("thumos14", dim=8, seed=0, max_videos=12)
+    cfg = resolve_config("thumos14", preset="quick", variant="full", overrides={"train.epochs": 2, "train.gate_epochs": 2})
+    metrics = train_run(cfg, data, tmp_path / "run", progress=False, device="cpu")
+    out = oracle_gate_metrics(tmp_path / "run", data, dataset_tensor(data, "cpu"))
+    assert out["gate"]["test_avg_mAP"] == metrics["test_avg_mAP"] == out["reported_test_avg_mAP"]
+    assert out["gate"]["test_mAP_0.50"] == metrics["test_mAP_0.50"]
+    # the localiser values the run used on test (chosen on held-out videos, else the config's)
+    assert out["lam"] == metrics.get("selected_lam", cfg.localize.lam)
+    assert out["gate_threshold"] == metrics.get("selected_gate", cfg.localize.gate)
+    assert 0.0 <= out["oracle"]["test_avg_mAP"] <= 1.0 and out["oracle"] != out["gate"]
