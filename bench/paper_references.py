@@ -45,8 +45,10 @@ from bench.common import git_commit, out_dir, strict_json, synthetic_data  # noq
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECORDS = ROOT / "bench" / "records" / "references-paper-v2"
 RECORD_FORMAT = 1
-# Metrics a record keeps (what an `emmil ablate` trial logs to MLflow at its end); the epoch history and
-# timings stay too (small), predictions and models do not (MiB each, and not needed for a table).
+# A record keeps train_run's scalar metrics (what an `emmil ablate` trial logs to MLflow at its end) plus
+# these non-scalar entries (small); predictions and models stay in the run folder (MiB each).
+RECORD_KEYS = ("trial", "variant", "seed", "dataset", "params", "git_commit", "metrics", "timing", "eval_protocol",
+               "data_source", "device")
 KEPT_KEYS = ("timing", "eval_protocol", "data_source", "device", "history")
 
 
@@ -140,6 +142,9 @@ def read_record(path: Path, cfg, identity: dict) -> dict:
         raise DataError(f"{path}: not a readable record ({exc})") from None
     if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:
         raise DataError(f"{path}: not a record of format {RECORD_FORMAT}")
+    missing = [k for k in RECORD_KEYS if k not in rec]
+    if missing:
+        raise DataError(f"{path}: record lacks {', '.join(missing)}")
     if rec.get("config_hash") != config_hash(cfg):
         raise DataError(f"{path}: trained with config {rec.get('config_hash')}, but this code resolves "
                         f"{config_hash(cfg)} for trial {rec.get('trial')}: the configuration changed since "
