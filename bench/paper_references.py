@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import git_commit, out_dir, strict_json, synthetic_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RECORDS = ROOT / "bench" / "records" / "references-paper-v2"
+# references-paper-v2: the "attention" gate (before model.gate existed), read with commit ab61ece;
+# references-paper-v2-linear-gate: the "linear-mean" gate, today's paper preset.
+DEFAULT_RECORDS = ROOT / "bench" / "records" / "references-paper-v2-linear-gate"
 RECORD_FORMAT = 1
 # A record keeps train_run's scalar metrics (what an `emmil ablate` trial logs to MLflow at its end) plus
 # these non-scalar entries (small); predictions and models stay in the run folder (MiB each).

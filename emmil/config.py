@@ -45,6 +45,7 @@ VARIANTS = METHOD_VARIANTS + REFERENCE_VARIANTS
 PRESETS = ("paper", "quick")
 SCHEDULES = ("paper", "released")
 SCORES = ("mean", "outer-inner")  # proposal scoring (localize.score)
+GATES = ("linear-mean", "attention")  # video-level gating classifier (model.gate)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -60,9 +61,23 @@ class ModelConfig:
     # 0.49; dropout 0.5 -> 5.7 %, 17.2 %, 0.74. 0 reproduces the release's heads.
     dropout: float = 0.5
     kernel_size: int = 3  # temporal receptive field of the conv (odd: "same" padding)
-    # Video-level classifier for test-time class gating (paper section 3.5: "a plain UntrimmedNet
-    # with soft attentions"): hidden width of its clip encoder.
-    cls_hidden: int = 256
+    # Video-level classifier for test-time class gating. The paper gates with a classifier trained
+    # apart from EM-MIL (section 3.5: "a plain UntrimmedNet with soft attentions"; W-TALC's on
+    # ActivityNet1.2), so the gate is not part of the method under test and is the same for every variant.
+    # "linear-mean": a softmax-linear classifier on the video's mean feature, standardised with the
+    #   training videos' statistics, fitted once to the minimum of its convex loss (L2 train.gate_l2)
+    #   before any head trains (emmil.train.fit_linear_mean_gate).
+    # "attention": UntrimmedNet-style soft-attention MIL over clips (Linear(D -> cls_hidden) -> ReLU,
+    #   one attention, class scores), trained with Adam at train.cls_lr, one video per step, in the first
+    #   train.gate_epochs epochs.
+    # Why linear-mean here: on semi-synthetic THUMOS14 v2 at dim 1024 the attention gate reached a
+    # held-out (val) classification mAP of 35 % (test 38 %) and bounded every row of the paper-preset
+    # table (bench/oracle_gate.py); on the training videos, 5-fold CV (scripts of the issue-10 note):
+    # the same linear model class trained by Adam one video per step 44-71 %, full-batch Adam 85 %, the
+    # convex fit 90 % (raw features 77 %): the per-video stochastic fit, not the data, was the bound.
+    # The quick preset keeps "attention": it reaches 98 % on the dim-64 data.
+    gate: str = "linear-mean"
+    cls_hidden: int = 256  # "attention" gate: hidden width of its clip encoder
 
 
 @dataclass(frozen=True)
@@ -89,8 +104,12 @@ class TrainConfig:
     # threshold per run (localize.select_on_val). 0 = train on every training video, fixed values.
     val_fraction: float = 0.1
     eval_every: int = 5  # validation every k epochs (and at the last epoch) when val_fraction > 0
-    cls_lr: float = 1e-4  # Adam lr of the gating classifier (UntrimmedNet-style, trained on video labels)
-    # The gate trains on its own schedule, in the first `gate_epochs` epochs, then stays frozen (the
+    cls_lr: float = 1e-4  # "attention" gate: Adam lr (UntrimmedNet-style, trained on video labels)
+    # "linear-mean" gate: L2 weight on W (loss = softmax cross-entropy mean over videos + gate_l2 ||W||^2),
+    # chosen by 5-fold CV on the training videos of semi-synthetic THUMOS14 v2, dim 1024 (cls mAP 0.50 /
+    # 0.58 / 0.86 / 0.89 / 0.90 / 0.85 at 0 / 1e-6 / 1e-5 / 3e-5 / 1e-4 / 3e-4).
+    gate_l2: float = 1e-4
+    # The "attention" gate trains on its own schedule, in the first `gate_epochs` epochs, then stays frozen (the
     # release gates with a separately trained UntrimmedNet, 45 epochs; inside a 65-epoch EM loop at
     # batch 10 our gate ended barely above the class prior).
     gate_epochs: int = 45  # ActivityNet1.2: the same gate (the paper used W-TALC's classifier there)
@@ -174,6 +193,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "quick": {
         "model.hidden": 64,
         "model.cls_hidden": 64,
+        "model.gate": "attention",  # converges here: 98 % test classification mAP on the dim-64 data
         "train.epochs": 26,
         "train.cycle": 4,
         "train.cycle_epochs": 12,
@@ -319,6 +339,7 @@ def first_invalid(cfg: RunConfig) -> tuple[str, str] | None:
         ("seed", 0 <= cfg.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}] (2**32 - 1, numpy's seed range)"),
         ("model.hidden", m.hidden >= 1, "must be >= 1"),
         ("model.cls_hidden", m.cls_hidden >= 1, "must be >= 1"),
+        ("model.gate", m.gate in GATES, f"unknown gate {m.gate!r}; expected one of {GATES}"),
         ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
         ("model.kernel_size", m.kernel_size >= 1 and m.kernel_size % 2 == 1, "must be a positive odd integer"),
         ("train.epochs", t.epochs >= 1, "must be >= 1"),
@@ -334,6 +355,7 @@ def first_invalid(cfg: RunConfig) -> tuple[str, str] | None:
         ("train.val_fraction", 0.0 <= t.val_fraction < 1.0, "must be in [0, 1)"),
         ("train.eval_every", t.eval_every >= 1, "must be >= 1"),
         ("train.gate_epochs", t.gate_epochs >= 0, "must be >= 0"),
+        ("train.gate_l2", t.gate_l2 >= 0, "must be >= 0"),
         ("localize.lam", 0.0 <= loc.lam <= 1.0, "must be in [0, 1] (Eq. 9 weight)"),
         ("localize.rgb_weight", 0.0 <= loc.rgb_weight <= 1.0, "must be in [0, 1]"),
         ("localize.gamma", loc.gamma >= 0, "must be >= 0"),

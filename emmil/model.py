@@ -266,6 +266,28 @@ class VideoClassifier(nn.Module):
         return out.index_add(0, packing.seg, att.unsqueeze(1) * clip_logits)
 
 
+class LinearMeanGate(nn.Module):
+    """Video classifier on the video's mean clip feature: logits = W ((mean_t x_t - mu) / sd) + b.
+
+    mu, sd (buffers) are the per-feature mean and std of the training videos' mean features; W, b are
+    fitted once, to the minimum of a convex loss (emmil.train.fit_linear_mean_gate), before any head trains."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(in_dim))
+        self.register_buffer("sd", torch.ones(in_dim))
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def video_means(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """x (N, D) -> each video's mean clip feature (B, D)."""
+        sums = torch.zeros(packing.num_videos, x.shape[1], dtype=x.dtype, device=x.device).index_add(0, packing.seg, x)
+        return sums / packing.lengths.to(x.dtype).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """x (N, D) -> video logits (B, C)."""
+        return self.fc((self.video_means(x, packing) - self.mu) / self.sd)
+
+
 def segment_softmax(logits: torch.Tensor, packing: Packing) -> torch.Tensor:
     """Softmax over the clips of each video: logits (N,) -> weights (N,), summing to 1 per video."""
     b = packing.num_videos
@@ -289,13 +311,19 @@ class EMMIL(nn.Module):
         kernel_size: int = 3,
         dropout: float = 0.5,
         cls_hidden: int = 256,
+        gate: str = "attention",
     ):
         super().__init__()
         self.rgb_dim, self.flow_dim, self.num_classes = rgb_dim, flow_dim, num_classes
         dims = {"rgb": rgb_dim, "flow": flow_dim}
         self.key = nn.ModuleDict({s: Head(dims[s], hidden, 1, kernel_size, dropout) for s in STREAMS})  # phi
         self.cls = nn.ModuleDict({s: Head(dims[s], hidden, num_classes, kernel_size, dropout) for s in STREAMS})  # theta
-        self.gate = VideoClassifier(rgb_dim + flow_dim, cls_hidden, num_classes, dropout)
+        if gate == "attention":
+            self.gate = VideoClassifier(rgb_dim + flow_dim, cls_hidden, num_classes, dropout)
+        elif gate == "linear-mean":
+            self.gate = LinearMeanGate(rgb_dim + flow_dim, num_classes)
+        else:
+            raise ValueError(f"gate = {gate!r}: expected 'attention' or 'linear-mean'")
 
     @classmethod
     def from_config(cls, model_cfg, rgb_dim: int, flow_dim: int, num_classes: int) -> "EMMIL":
@@ -307,6 +335,7 @@ class EMMIL(nn.Module):
             kernel_size=model_cfg.kernel_size,
             dropout=model_cfg.dropout,
             cls_hidden=model_cfg.cls_hidden,
+            gate=model_cfg.gate,
         )
 
     def stream_input(self, x: torch.Tensor, stream: str) -> torch.Tensor:

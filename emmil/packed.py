@@ -71,6 +71,7 @@ from emmil.train import (
     gather_rows,
     given_scores,
     ground_truth_rows,
+    prepare_gate,
     restore_state,
     score_batches,
     split_validation,
@@ -86,6 +87,7 @@ PACK_KEYS = (
     "variant",  # one loss structure per step
     "device",  # one device
     "model.hidden", "model.kernel_size",  # the heads' conv shapes: one packed conv over all members' rows
+    "model.gate",  # whether a gate trains inside the epochs
     "model.cls_hidden",  # kept equal so a pack's members have one architecture (the gate runs per member)
     "train.epochs",  # the pack's epochs
     "train.cycle", "train.cycle_epochs",  # the E / M / joint step of every epoch (train.schedule and
@@ -179,7 +181,8 @@ class _PackBatch:
         """Every member's gate video logits (B_i, C): the member's own module on its own batch."""
         out = []
         for i, (m, x, p) in enumerate(zip(self.models, self.xs, self.packings)):
-            draws = m.gate.drop.training and m.gate.drop.p > 0
+            drop = getattr(m.gate, "drop", None)  # the linear-mean gate has no dropout
+            draws = drop is not None and drop.training and drop.p > 0
             out.append(self._draw(i, m.gate, x, p) if draws else m.gate(x, p))
         return out
 
@@ -345,6 +348,8 @@ class PackedFit:
             _usable(train_videos, dataset.train_subset)
             data = _device_data(dataset, train_videos, feats, config.variant, clip_targets=shared_targets)
             model = build_model(config, dataset, dev)
+            if resume is None:  # a resumed member's gate comes back with its state
+                prepare_gate(model, config, dataset, train_videos, feats)
             opts = _optimizers(model, config)
             shuffle = torch.Generator().manual_seed(config.seed + 1)  # batch order (CPU generator: device-independent)
             torch.manual_seed(config.seed + 2)  # dropout stream
@@ -396,7 +401,8 @@ class PackedFit:
             t0 = time.perf_counter()
             plans = [plan_epoch(epoch, m.config.train, m.config.variant) for m in active]
             step = plans[0].step
-            train_gate = epoch <= t0_cfg.gate_epochs  # the gate's own schedule (TrainConfig.gate_epochs)
+            # the attention gate's own schedule (TrainConfig.gate_epochs); the linear-mean gate was fitted before
+            train_gate = self.configs[0].model.gate == "attention" and epoch <= t0_cfg.gate_epochs
             trains = {"E": ("phi",), "M": ("theta",), "joint": ("phi", "theta"), "none": ()}[step]
             trains += ("gate",) if train_gate else ()
             lrs = []

@@ -51,7 +51,7 @@ from emmil.config import RunConfig
 from emmil.data.dataset import Dataset, Video
 from emmil.errors import ConfigError, DataError
 from emmil.losses import attention_mil_loss, pseudo_label_bce, video_classifier_loss
-from emmil.model import EMMIL, STREAMS, Packing, make_packing
+from emmil.model import EMMIL, STREAMS, LinearMeanGate, Packing, make_packing
 from emmil.pseudo_labels import all_positive_labels, e_step_labels, m_step_labels
 from emmil.schedule import EpochPlan
 
@@ -320,6 +320,41 @@ def _rng_set(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def fit_linear_mean_gate(gate: LinearMeanGate, means: torch.Tensor, y: torch.Tensor, l2: float) -> float:
+    """Fit `gate` in place on training videos' mean features `means` (V, D) and multi-hot labels y (V, C):
+    standardise with their mean / std, then minimise video_classifier_loss + l2 * ||W||^2 (convex) by
+    full-batch L-BFGS from W = 0, b = 0. Deterministic (no random draw). Returns the loss at the fitted W, b."""
+    with torch.no_grad():
+        gate.mu.copy_(means.mean(0))
+        gate.sd.copy_(means.std(0).clamp_min(1e-6) if means.shape[0] > 1 else torch.ones_like(gate.sd))
+        gate.fc.weight.zero_()
+        gate.fc.bias.zero_()
+    z = ((means - gate.mu) / gate.sd).detach()
+    opt = torch.optim.LBFGS(gate.fc.parameters(), max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = video_classifier_loss(gate.fc(z), y) + l2 * gate.fc.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(video_classifier_loss(gate.fc(z), y) + l2 * gate.fc.weight.pow(2).sum())
+
+
+def prepare_gate(model: EMMIL, config: RunConfig, dataset: Dataset, train_videos: tuple[Video, ...],
+                 features: torch.Tensor) -> float | None:
+    """Fit the `linear-mean` gate (model.gate) once on the training videos (never the held-out ones);
+    returns its fitted loss. The `attention` gate trains inside the epochs instead (None)."""
+    if config.model.gate != "linear-mean":
+        return None
+    means = torch.stack([features[v.start:v.start + v.num_clips].mean(0) for v in train_videos])  # (V, D)
+    y = torch.from_numpy(dataset.label_matrix(train_videos)).to(features.device, features.dtype)  # (V, C)
+    return fit_linear_mean_gate(model.gate, means, y, config.train.gate_l2)
 
 
 def build_model(config: RunConfig, dataset: Dataset, device: torch.device) -> EMMIL:
