@@ -24,7 +24,7 @@ def test_overrides_are_parsed_from_strings_and_yaml(tmp_path):
 
 @pytest.mark.parametrize("key,value", [
     ("train.gamma", "-0.1"), ("localize.lam", "1.5"), ("variant", "bogus"), ("train.schedule", "x"),
-    ("train.nope", "1"), ("nosection.x", "1"), ("model.hidden", "abc"),
+    ("train.nope", "1"), ("nosection.x", "1"), ("model.hidden", "abc"), ("model.gate", "topk"), ("train.gate_l2", "-1"),
 ])
 def test_invalid_or_unknown_key_names_the_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

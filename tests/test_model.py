@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from emmil.model import EMMIL, make_packing, packed_conv1d, segment_softmax
+from emmil.model import EMMIL, LinearMeanGate, make_packing, packed_conv1d, segment_softmax
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -40,3 +40,26 @@ def test_model_shapes_and_parameter_groups():
     ids = lambda ps: {id(p) for p in ps}
     assert not (ids(m.phi_parameters()) & ids(m.theta_parameters()))
     assert len(ids(m.phi_parameters()) | ids(m.theta_parameters()) | ids(m.gate_parameters())) == len(list(m.parameters()))
+
+
+def test_linear_mean_gate_standardises_each_videos_mean_feature():
+    # Video 0: clips [1, 2], [3, 4] -> mean [2, 3]; video 1: [0, 0], [2, 2], [4, 4] -> mean [2, 2].
+    # mu = [2, 2.5], sd = [1, 0.5] -> z0 = [0, 1], z1 = [0, -1]. W = [[1, 0], [0, 2]], b = [0.5, -0.5]:
+    # logits0 = [0 + 0.5, 2 - 0.5] = [0.5, 1.5]; logits1 = [0.5, -2 - 0.5] = [0.5, -2.5].
+    gate = LinearMeanGate(2, 2)
+    with torch.no_grad():
+        gate.mu.copy_(torch.tensor([2.0, 2.5]))
+        gate.sd.copy_(torch.tensor([1.0, 0.5]))
+        gate.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        gate.fc.bias.copy_(torch.tensor([0.5, -0.5]))
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0], [2.0, 2.0], [4.0, 4.0]])
+    out = gate(x, make_packing([2, 3]))
+    torch.testing.assert_close(out, torch.tensor([[0.5, 1.5], [0.5, -2.5]]))
+    assert {n for n, _ in gate.named_buffers()} == {"mu", "sd"}  # saved with the model, not trained
+
+
+def test_emmil_builds_the_configured_gate_and_rejects_an_unknown_one():
+    assert isinstance(EMMIL(3, 3, 2, gate="linear-mean").gate, LinearMeanGate)
+    assert hasattr(EMMIL(3, 3, 2, gate="attention").gate, "att")
+    with pytest.raises(ValueError, match="gate = 'topk'"):
+        EMMIL(3, 3, 2, gate="topk")

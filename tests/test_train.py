@@ -274,3 +274,54 @@ def test_run_dir_has_per_class_ap_written_before_metrics_json(small, tmp_path, m
     assert sorted(doc.get("per_class_AP_reason", {})) == absent
     for k, t in enumerate(doc["tiou"]):
         assert np.mean([ap[k] for ap in defined.values()]) == pytest.approx(metrics[f"test_mAP_{t:.2f}"], abs=1e-12)
+
+
+def test_fit_linear_mean_gate_reaches_the_worked_out_minimum():
+    # Two videos, one feature: means -1 (class 0) and +1 (class 1). mu = 0, sd = sqrt(2) (unbiased),
+    # so z = -a, +a with a = 1/sqrt(2). By symmetry b = 0 and W = [[-w], [w]]; each video's loss is
+    # log(1 + exp(-2 w a)), so the objective is log(1 + exp(-2wa)) + l2 * 2 w^2 and its minimum solves
+    # 4 l2 w = 2a sigmoid(-2wa). With l2 = 0.05: w = 1.15 gives -0.0025, w = 1.16 gives +0.0023, so w ~ 1.155.
+    from emmil.model import LinearMeanGate
+    from emmil.train import fit_linear_mean_gate
+
+    gate = LinearMeanGate(1, 2)
+    means = torch.tensor([[-1.0], [1.0]])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    fit_linear_mean_gate(gate, means, y, l2=0.05)
+    a = 2 ** -0.5
+    assert gate.mu.item() == 0.0 and abs(gate.sd.item() - 2 ** 0.5) < 1e-6
+    w = gate.fc.weight.detach()[:, 0]
+    assert abs(w[0] + w[1]) < 1e-5 and gate.fc.bias.detach().abs().max() < 1e-5
+    assert 1.15 < w[1] < 1.16
+    assert abs(4 * 0.05 * w[1] - 2 * a * torch.sigmoid(-2 * w[1] * a)) < 1e-5
+
+
+def test_linear_mean_gate_is_fitted_before_training_then_frozen_and_resumes(small):
+    # The gate is fitted once before epoch 1 (no gate loss in any epoch), identical to fitting a fresh
+    # model's gate on the same training videos, and unchanged by training; a resumed run equals an
+    # uninterrupted one.
+    from emmil.train import dataset_tensor, prepare_gate
+
+    cfg = _tiny(variant="full", **{"model.gate": "linear-mean", "train.val_fraction": 0.25, "train.eval_every": 1})
+    results = list(fit(cfg, small))
+    assert all("loss_gate" not in r.losses for r in results)
+    fresh = build_model(cfg, small, torch.device("cpu"))
+    train_videos, _ = split_validation(small, 0.25, cfg.seed)
+    prepare_gate(fresh, cfg, small, train_videos, dataset_tensor(small, torch.device("cpu")))
+    final = results[-1].model.gate.state_dict()
+    assert final.keys() == fresh.gate.state_dict().keys()
+    for name, value in fresh.gate.state_dict().items():
+        assert torch.equal(final[name], value), name
+    assert fresh.gate.fc.weight.abs().sum() > 0  # it was fitted, not left at zero
+    state = None
+    for r in fit(cfg, small):
+        if r.epoch == 2:
+            state = r.state()
+            break
+    resumed = [(r.losses, r.val) for r in fit(cfg, small, resume=state)]
+    assert resumed == [(r.losses, r.val) for r in results[2:]]
+
+
+def test_paper_preset_gates_with_the_linear_mean_classifier_quick_with_attention():
+    assert resolve_config("thumos14", preset="paper").model.gate == "linear-mean"
+    assert resolve_config("thumos14", preset="quick").model.gate == "attention"
