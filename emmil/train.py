@@ -322,13 +322,15 @@ def _rng_set(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def fit_linear_mean_gate(gate: LinearMeanGate, means: torch.Tensor, y: torch.Tensor, l2: float) -> float:
+def fit_linear_mean_gate(gate: LinearMeanGate, means: torch.Tensor, y: torch.Tensor, l2: float, *,
+                         standardise: bool = True) -> float:
     """Fit `gate` in place on training videos' mean features `means` (V, D) and multi-hot labels y (V, C):
     standardise with their mean / std, then minimise video_classifier_loss + l2 * ||W||^2 (convex) by
-    full-batch L-BFGS from W = 0, b = 0. Deterministic (no random draw). Returns the loss at the fitted W, b."""
+    full-batch L-BFGS from W = 0, b = 0. Deterministic (no random draw). Returns the loss at the fitted W, b.
+    standardise=False keeps the raw scale (mu = 0, sd = 1; bench/gate_cv.py's comparison row)."""
     with torch.no_grad():
-        gate.mu.copy_(means.mean(0))
-        gate.sd.copy_(means.std(0).clamp_min(1e-6) if means.shape[0] > 1 else torch.ones_like(gate.sd))
+        gate.mu.copy_(means.mean(0) if standardise else torch.zeros_like(gate.mu))
+        gate.sd.copy_(means.std(0).clamp_min(1e-6) if standardise and means.shape[0] > 1 else torch.ones_like(gate.sd))
         gate.fc.weight.zero_()
         gate.fc.bias.zero_()
     z = ((means - gate.mu) / gate.sd).detach()

@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
 
-SCRIPTS = ["run_all.py", "harness_overhead.py", "memory.py", "scaling.py", "gpu_bench.py", "paper_references.py"]
+SCRIPTS = ["run_all.py", "harness_overhead.py", "memory.py", "scaling.py", "gpu_bench.py", "paper_references.py",
+           "gate_cv.py"]
 
 
 def test_gpu_script_is_valid_bash():
@@ -288,3 +289,22 @@ def test_oracle_gate_reproduces_the_run_then_gates_by_the_labels(tmp_path):
     assert out["lam"] == metrics.get("selected_lam", cfg.localize.lam)
     assert out["gate_threshold"] == metrics.get("selected_gate", cfg.localize.gate)
     assert 0.0 <= out["oracle"]["test_avg_mAP"] <= 1.0 and out["oracle"] != out["gate"]
+
+
+def test_gate_cv_quick_reads_only_training_videos(tmp_path, monkeypatch):
+    # bench/gate_cv.py --quick: one row per fit, mAPs in [0, 1], and no test video ever reaches a fit
+    # (features_of is watched); a bad --l2 is exit 2.
+    import bench.gate_cv as gate_cv
+    from emmil.data.dataset import Dataset
+
+    seen = []
+    real = Dataset.features_of
+    monkeypatch.setattr(Dataset, "features_of", lambda self, v: seen.append(v.subset) or real(self, v))
+    out = tmp_path / "cv.json"
+    assert gate_cv.main(["--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["fit"].split()[0] for r in result["rows"]] == ["convex", "convex-raw", "adam-video", "adam-video",
+                                                              "adam-full", "adam-full"]
+    assert all(0.0 <= r["cv_cls_mAP"] <= 1.0 for r in result["rows"])
+    assert seen and set(seen) == {"validation"}  # THUMOS14's training split; 'test' never read
+    assert gate_cv.main(["--quick", "--l2", "x"]) == 2
