@@ -1,8 +1,18 @@
 """Fixtures shared by several test folders."""
 
+import os
 from pathlib import Path
 
-import pytest
+# One torch thread in the test process and in every process it starts (CLI subprocesses, Ray workers
+# inherit the variable): the tests train tiny models, where one thread is faster than two, and a
+# 2-core CI machine shared with Ray, MLflow servers and subprocesses slows two spinning OpenMP
+# threads down several-fold (a 13 s training took 116 s in a loaded suite). Set it to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
