@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -283,6 +284,10 @@ def run(args) -> int:
                     failed += 1
                     print(f"[{time.strftime('%H:%M:%S')}] FAILED {spec.name}: {type(exc).__name__}: {exc}", flush=True)
                     (runs / f"{spec.name}.lock").unlink(missing_ok=True)
+                    if isinstance(exc, BrokenProcessPool) and queue:  # a worker died (killed, out of memory):
+                        print(f"the worker pool is broken: {len(queue)} trial(s) not started; run again to train "
+                              "them (records written so far are kept)", flush=True)  # no new submit would work
+                        queue.clear()
                     continue
                 write_record(record_path(args.records, spec.name), rec)
                 (runs / f"{spec.name}.lock").unlink(missing_ok=True)  # after the record: never a gap
