@@ -118,7 +118,8 @@ def step_benchmark(cfg, dataset, features, device, repeats: int, compile_heads: 
 
         def step():
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = step_losses(model, x, y, packing, plan, "joint", cfg.train.gamma)["loss"]
+                loss = step_losses(model, x, y, packing, plan, "joint", cfg.train.gamma,
+                                   train_gate=cfg.model.gate == "attention")["loss"]  # linear-mean: fitted before
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -137,7 +138,7 @@ def step_benchmark(cfg, dataset, features, device, repeats: int, compile_heads: 
     out["fp32_ms"] = round(bench(base, False), 3)
     try:
         # The gate's index_add mixes an fp32 accumulator with bf16 products under autocast and fails
-        # (emmil/model.py VideoClassifier.forward), so the gate runs in fp32 here; it is a small share of
+        # (emmil/model.py VideoClassifier / LinearMeanGate forward), so the gate runs in fp32 here; it is a small share of
         # the FLOPs (one Linear per clip), the four conv heads are what autocast speeds up.
         gate_forward = base.gate.forward
 
