@@ -337,15 +337,18 @@ def fit_linear_mean_gate(gate: LinearMeanGate, means: torch.Tensor, y: torch.Ten
     opt = torch.optim.LBFGS(gate.fc.parameters(), max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")
 
+    def objective() -> torch.Tensor:
+        return video_classifier_loss(gate.fc(z), y) + l2 * gate.fc.weight.pow(2).sum()
+
     def closure():
         opt.zero_grad()
-        loss = video_classifier_loss(gate.fc(z), y) + l2 * gate.fc.weight.pow(2).sum()
+        loss = objective()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        return float(video_classifier_loss(gate.fc(z), y) + l2 * gate.fc.weight.pow(2).sum())
+        return float(objective())
 
 
 def prepare_gate(model: EMMIL, config: RunConfig, dataset: Dataset, train_videos: tuple[Video, ...],

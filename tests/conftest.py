@@ -6,7 +6,8 @@ from pathlib import Path
 # One torch thread in the test process and in every process it starts (CLI subprocesses, Ray workers
 # inherit the variable): the tests train tiny models, where one thread is faster than two, and a
 # 2-core CI machine shared with Ray, MLflow servers and subprocesses slows two spinning OpenMP
-# threads down several-fold (a 13 s training took 116 s in a loaded suite). Set it to override.
+# threads down several-fold (test_full_quick_localises_far_better_than_random: 116 s in a loaded
+# suite with two threads, 12 s with one). Set OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
