@@ -42,15 +42,15 @@ def oracle_gate_metrics(run_dir: Path, dataset, features) -> dict:
 
     from emmil.evaluate import TIOU, detection_map
     from emmil.model_file import load_model
-    from emmil.train import _ground_truth_of, _usable, localize_all, predict_scores
+    from emmil.train import ground_truth_of, localize_all, predict_scores, usable_test_videos
 
     loaded = load_model(run_dir)
     config = dataclasses.replace(loaded.config, localize=loaded.localize)
-    videos = _usable(dataset.in_subset(dataset.test_subset), dataset.test_subset)
+    videos = usable_test_videos(dataset)
     scores = predict_scores(loaded.model, videos, features)
     labels = dataset.label_matrix(videos).astype(np.float64)  # (V, C) 0/1
     truth = [{**s, "video": labels[i]} for i, s in enumerate(scores)]
-    gt = _ground_truth_of(dataset, videos)
+    gt = ground_truth_of(dataset, videos)
     ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
     out = {}
     for name, given in (("gate", scores), ("oracle", truth)):

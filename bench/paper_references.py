@@ -342,7 +342,7 @@ def table(args) -> int:
     for key, block in tables.blocks(frame):
         for t in (tables.map_table(key, block, published), tables.ablation_table(key, block, published),
                   tables.paired_table(key, block)):
-            parts += [f"### {t.title}", "", table_markdown(t), ""]
+            parts += [table_markdown(t), ""]  # the bold title it opens with is the heading
     text = "\n".join(parts)
     print(text)
     args.records.mkdir(parents=True, exist_ok=True)

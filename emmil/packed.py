@@ -74,8 +74,10 @@ from emmil.train import (
     prepare_gate,
     restore_state,
     score_batches,
+    selection_videos,
     split_validation,
     training_state,
+    usable_test_videos,
     validation_metrics,
     variant_losses,
     video_scores,
@@ -277,8 +279,8 @@ def evaluate_test_packed(
         raise ValueError(f"evaluate_test_packed: {len(configs)} configs for {len(models)} models")
     dev = choose_device(configs[0].device) if device is None else torch.device(device)
     feats = dataset_tensor(dataset, dev) if features is None else features
-    test = _usable(dataset.in_subset(dataset.test_subset), dataset.test_subset)
-    selecting = [(c, m, _selection_videos(c, dataset)) for c, m in zip(configs, models)]
+    test = usable_test_videos(dataset)
+    selecting = [(c, m, selection_videos(c, dataset)) for c, m in zip(configs, models)]
     selecting = [(c, m, v) for c, m, v in selecting if v]
     with _modes_kept(models):
         test_scores = packed_scores(models, [test] * len(models), feats)
@@ -288,14 +290,6 @@ def evaluate_test_packed(
     with given_scores(entries):
         return [evaluate_test(c, dataset, m, device=dev, features=feats, timeline_videos=timeline_videos)
                 for c, m in zip(configs, models)]
-
-
-def _selection_videos(config: RunConfig, dataset: Dataset) -> tuple[Video, ...]:
-    """The held-out videos emmil.train.select_localizer scores for `config` (none without selection)."""
-    if not config.localize.select_on_val:
-        return ()
-    _, val = split_validation(dataset, config.train.val_fraction, config.seed)
-    return tuple(v for v in val if v.num_clips >= 1)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -639,6 +639,32 @@ def localize_all(config: RunConfig, dataset: Dataset, videos: tuple[Video, ...],
 SELECTION_GRID = {"lam": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "gate": (0.02, 0.05, 0.1, 0.15, 0.25)}
 
 
+def selection_videos(config: RunConfig, dataset: Dataset) -> tuple[Video, ...]:
+    """The held-out training videos select_localizer scores for `config` (none without selection)."""
+    if not config.localize.select_on_val:
+        return ()
+    _, val = split_validation(dataset, config.train.val_fraction, config.seed)
+    return tuple(v for v in val if v.num_clips >= 1)
+
+
+def usable_test_videos(dataset: Dataset) -> tuple[Video, ...]:
+    """The test split's videos, each with at least one clip (DataError naming one without)."""
+    return _usable(dataset.in_subset(dataset.test_subset), dataset.test_subset)
+
+
+def selection_candidates(config: RunConfig) -> list[RunConfig]:
+    """`config` at every (lam, gate) of SELECTION_GRID, in the order select_localizer tries them: gate
+    outer, lam inner, the configured values first (a tie keeps the earlier). `whole-video` (the floor)
+    uses no L, so only its gate threshold varies."""
+    loc = config.localize
+    lams = (loc.lam,) + tuple(x for x in SELECTION_GRID["lam"] if x != loc.lam)
+    gates = (loc.gate,) + tuple(x for x in SELECTION_GRID["gate"] if x != loc.gate)
+    if config.variant == "whole-video":
+        lams = (loc.lam,)
+    return [dataclasses.replace(config, localize=dataclasses.replace(loc, lam=lam, gate=gate))
+            for gate in gates for lam in lams]
+
+
 def select_localizer(
     config: RunConfig, dataset: Dataset, model: EMMIL, features: torch.Tensor,
 ) -> tuple[RunConfig, dict[str, float]]:
@@ -650,35 +676,28 @@ def select_localizer(
 
     if not config.localize.select_on_val:
         return config, {}
-    _, val_videos = split_validation(dataset, config.train.val_fraction, config.seed)
-    val_videos = tuple(v for v in val_videos if v.num_clips >= 1)
+    val_videos = selection_videos(config, dataset)
     if not val_videos:
         return config, {}
     scores = predict_scores(model, val_videos, features)
-    gt = _ground_truth_of(dataset, val_videos)
+    gt = ground_truth_of(dataset, val_videos)
     ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
-    loc = config.localize
-    lams = (loc.lam,) + tuple(x for x in SELECTION_GRID["lam"] if x != loc.lam)
-    gates = (loc.gate,) + tuple(x for x in SELECTION_GRID["gate"] if x != loc.gate)
-    if config.variant == "whole-video":
-        lams = (loc.lam,)  # the floor uses no L: only the gate threshold matters
     best = None
-    for gate in gates:
-        for lam in lams:
-            trial = dataclasses.replace(config, localize=dataclasses.replace(loc, lam=lam, gate=gate))
-            with warnings.catch_warnings():  # a small held-out slice lacks some classes: expected here
-                warnings.simplefilter("ignore", EvaluationWarning)
-                value = detection_map(gt, localize_all(trial, dataset, val_videos, scores), TIOU[dataset.name],
-                                      ambiguous=ambiguous).average_mAP
-            value = float(value) if np.isfinite(value) else -1.0
-            if best is None or value > best[0]:
-                best = (value, trial)
+    for trial in selection_candidates(config):
+        with warnings.catch_warnings():  # a small held-out slice lacks some classes: expected here
+            warnings.simplefilter("ignore", EvaluationWarning)
+            value = detection_map(gt, localize_all(trial, dataset, val_videos, scores), TIOU[dataset.name],
+                                  ambiguous=ambiguous).average_mAP
+        value = float(value) if np.isfinite(value) else -1.0
+        if best is None or value > best[0]:
+            best = (value, trial)
     value, chosen = best
     return chosen, {"selected_lam": chosen.localize.lam, "selected_gate": chosen.localize.gate,
                     "val_selected_avg_mAP": value, "selected_on_videos": float(len(val_videos))}
 
 
-def _ground_truth_of(dataset: Dataset, videos: tuple[Video, ...]) -> dict:
+def ground_truth_of(dataset: Dataset, videos: tuple[Video, ...]) -> dict:
+    """The ground-truth segments of `videos` (emmil.evaluate's form)."""
     return dataset.select([v.name for v in videos]).ground_truth()
 
 
@@ -696,7 +715,7 @@ def evaluate_videos(
     was_training = model.training
     scores = predict_scores(model, videos, features)
     predictions = localize_all(config, dataset, videos, scores)
-    gt = _ground_truth_of(dataset, videos)
+    gt = ground_truth_of(dataset, videos)
     ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
     result = detection_map(gt, predictions, TIOU[dataset.name], ambiguous=ambiguous)
     metrics: dict[str, float] = {}
@@ -742,7 +761,7 @@ def evaluate_test(
     """Score the test subset: metrics, predictions JSON and timelines of a few test videos."""
     dev = choose_device(config.device) if device is None else torch.device(device)
     feats = dataset_tensor(dataset, dev) if features is None else features
-    videos = _usable(dataset.in_subset(dataset.test_subset), dataset.test_subset)
+    videos = usable_test_videos(dataset)
     if not videos:
         raise DataError(f"{dataset.name}: no videos in the test subset {dataset.test_subset!r}")
     config, selection = select_localizer(config, dataset, model, feats)  # held-out training videos only

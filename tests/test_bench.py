@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from bench import common  # noqa: E402
 
 SCRIPTS = ["run_all.py", "harness_overhead.py", "memory.py", "scaling.py", "gpu_bench.py", "paper_references.py",
-           "gate_cv.py"]
+           "gate_cv.py", "selection_sensitivity.py", "oracle_gate.py"]
 
 
 def test_gpu_script_is_valid_bash():
@@ -308,3 +308,28 @@ def test_gate_cv_quick_reads_only_training_videos(tmp_path, monkeypatch):
     assert all(0.0 <= r["cv_cls_mAP"] <= 1.0 for r in result["rows"])
     assert seen and set(seen) == {"validation"}  # THUMOS14's training split; 'test' never read
     assert gate_cv.main(["--quick", "--l2", "x"]) == 2
+
+
+def test_selection_sensitivity_reproduces_the_runs_choice_and_refuses_another_run(tmp_path, monkeypatch, capsys):
+    # bench/selection_sensitivity.py --quick trains one run, re-scores it at every grid point, and the
+    # held-out best point must be the run's own choice with the run's reported test mAP (checked inside:
+    # exit 0 means it reproduced). A metrics.json that the model does not give is refused (exit 2).
+    import bench.selection_sensitivity as sensitivity
+    from emmil.train import SELECTION_GRID
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    out = tmp_path / "sens.json"
+    assert sensitivity.main(["--quick", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["runs"][0]
+    metrics = json.loads((Path(row["run"]) / "metrics.json").read_text())
+    assert (row["chosen"]["lam"], row["chosen"]["gate"]) == (metrics["selected_lam"], metrics["selected_gate"])
+    assert row["chosen"]["test_avg_mAP"] == metrics["test_avg_mAP"]
+    assert len(row["grid"]) == len(SELECTION_GRID["lam"]) * len(SELECTION_GRID["gate"])  # the configured values are grid points
+    assert row["best_test"]["test_avg_mAP"] == max(g["test_avg_mAP"] for g in row["grid"])
+    assert sorted(map(float, row["test_avg_mAP_by_lam_at_chosen_gate"])) == list(SELECTION_GRID["lam"])
+
+    metrics["test_avg_mAP"] += 0.01
+    (Path(row["run"]) / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert sensitivity.main(["--quick"]) == 2
+    assert "does not reproduce the run" in capsys.readouterr().err
