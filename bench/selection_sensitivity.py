@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,27 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _avg_map(dataset, config, videos, scores, gt) -> tuple[float, float]:
-    """(avg mAP, mAP@0.5) of `config`'s localiser on `videos` given their scores; NaN -> -1 (as
-    select_localizer ranks an undefined value)."""
-    from emmil.evaluate import TIOU, EvaluationWarning, detection_map
-    from emmil.train import localize_all
-
-    ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
-    with warnings.catch_warnings():  # a small held-out slice lacks some classes: expected here
-        warnings.simplefilter("ignore", EvaluationWarning)
-        result = detection_map(gt, localize_all(config, dataset, videos, scores), TIOU[dataset.name],
-                               ambiguous=ambiguous)
-    at_half = dict(zip((round(float(t), 2) for t in result.tiou), result.mAP)).get(0.5, math.nan)
-    value = float(result.average_mAP)
-    return (value if math.isfinite(value) else -1.0), float(at_half)
-
-
 def selection_sensitivity(run_dir: Path, dataset, features) -> dict:
     """The run's choice, reproduced, and the test avg mAP at every grid point (fractions)."""
     from emmil.errors import DataError
     from emmil.model_file import load_model
-    from emmil.train import (ground_truth_of, predict_scores, selection_candidates, selection_videos,
+    from emmil.train import (ground_truth_of, held_out_values, localizer_map, predict_scores, selection_videos,
                              usable_test_videos)
 
     run_dir = Path(run_dir)
@@ -80,15 +63,15 @@ def selection_sensitivity(run_dir: Path, dataset, features) -> dict:
         raise DataError(f"{run_dir}: the run chose nothing on held-out videos (localize.select_on_val off "
                         "or no held-out videos): nothing to compare")
     test = usable_test_videos(dataset)
-    val_scores = predict_scores(loaded.model, val, features)
     test_scores = predict_scores(loaded.model, test, features)
-    val_gt, test_gt = ground_truth_of(dataset, val), ground_truth_of(dataset, test)
+    test_gt = ground_truth_of(dataset, test)
     grid, best_val = [], None
-    for candidate in selection_candidates(config):
-        val_avg, _ = _avg_map(dataset, candidate, val, val_scores, val_gt)
-        test_avg, test_half = _avg_map(dataset, candidate, test, test_scores, test_gt)
+    # held_out_values is the run's own selection computation (select_localizer takes its first maximum)
+    for val_avg, candidate in held_out_values(config, dataset, loaded.model, features, val):
+        result = localizer_map(candidate, dataset, test, test_scores, test_gt)
+        at = dict(zip((round(float(t), 2) for t in result.tiou), result.mAP))
         point = {"lam": candidate.localize.lam, "gate": candidate.localize.gate, "val_avg_mAP": val_avg,
-                 "test_avg_mAP": test_avg, "test_mAP_0.50": test_half}
+                 "test_avg_mAP": float(result.average_mAP), "test_mAP_0.50": float(at.get(0.5, math.nan))}
         grid.append(point)
         if best_val is None or val_avg > best_val["val_avg_mAP"]:
             best_val = point

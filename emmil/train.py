@@ -665,6 +665,31 @@ def selection_candidates(config: RunConfig) -> list[RunConfig]:
             for gate in gates for lam in lams]
 
 
+def localizer_map(config: RunConfig, dataset: Dataset, videos: tuple[Video, ...], scores: list[dict], gt: dict):
+    """emmil.evaluate.detection_map of `config`'s localiser on `videos` given their predict_scores. A
+    small held-out slice lacks some classes: that EvaluationWarning is expected here and silenced."""
+    from emmil.evaluate import TIOU, EvaluationWarning, detection_map
+
+    ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluationWarning)
+        return detection_map(gt, localize_all(config, dataset, videos, scores), TIOU[dataset.name], ambiguous=ambiguous)
+
+
+def held_out_values(
+    config: RunConfig, dataset: Dataset, model: EMMIL, features: torch.Tensor, videos: tuple[Video, ...],
+) -> list[tuple[float, RunConfig]]:
+    """(avg mAP on the held-out `videos`, candidate) for every selection_candidates(config), in order;
+    an undefined mAP (no ground truth among them) counts as -1."""
+    scores = predict_scores(model, videos, features)
+    gt = ground_truth_of(dataset, videos)
+    out = []
+    for candidate in selection_candidates(config):
+        value = float(localizer_map(candidate, dataset, videos, scores, gt).average_mAP)
+        out.append((value if np.isfinite(value) else -1.0, candidate))
+    return out
+
+
 def select_localizer(
     config: RunConfig, dataset: Dataset, model: EMMIL, features: torch.Tensor,
 ) -> tuple[RunConfig, dict[str, float]]:
@@ -672,23 +697,11 @@ def select_localizer(
     slice of the TRAINING videos (the seeded split of `fit`). The best validation avg mAP wins; ties
     keep the earlier grid point, and the configured values are tried first. Without held-out videos
     or with select_on_val off: (config, {})."""
-    from emmil.evaluate import TIOU, EvaluationWarning, detection_map
-
-    if not config.localize.select_on_val:
-        return config, {}
     val_videos = selection_videos(config, dataset)
     if not val_videos:
         return config, {}
-    scores = predict_scores(model, val_videos, features)
-    gt = ground_truth_of(dataset, val_videos)
-    ambiguous = dataset.ambiguous if config.train.exclude_ambiguous else None
     best = None
-    for trial in selection_candidates(config):
-        with warnings.catch_warnings():  # a small held-out slice lacks some classes: expected here
-            warnings.simplefilter("ignore", EvaluationWarning)
-            value = detection_map(gt, localize_all(trial, dataset, val_videos, scores), TIOU[dataset.name],
-                                  ambiguous=ambiguous).average_mAP
-        value = float(value) if np.isfinite(value) else -1.0
+    for value, trial in held_out_values(config, dataset, model, features, val_videos):
         if best is None or value > best[0]:
             best = (value, trial)
     value, chosen = best
